@@ -1,0 +1,82 @@
+"""The training config of the job (`config_train.json`): keys, defaults, validation, path resolution."""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .models.networks import SELECTORS
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of local training; every field is a key of `config_train.json`."""
+
+    dataset_base_dir: str
+    datalist_json_path: str
+    learning_rate: float = 1e-3
+    learning_rate_select: float = 1e-3
+    local_epochs: int = 1
+    selector_local_epochs: int = 1
+    batch_size: int = 1
+    image_size: int = 256
+    selector: str = "vgg11"
+    select_num_classes: int = 3
+    cache_dataset: float = 0.0
+    num_workers: int = 0
+    torch_threads: int = 0
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config_train.json") -> "TrainConfig":
+        """Validate `values` (types, ranges, unknown keys) and build the config; errors name `source`."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown}; known keys are {sorted(fields)}")
+        missing = [n for n, f in fields.items() if f.default is dataclasses.MISSING and n not in values]
+        if missing:
+            raise ValueError(f"{source}: missing required keys {missing}")
+        kwargs = {}
+        for name, value in values.items():
+            kind = fields[name].type
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
+                raise ValueError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
+            kwargs[name] = kind(value)
+        config = cls(**kwargs)
+        config._check_ranges(source)
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "TrainConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: cannot read training config: {error}") from error
+        return cls.from_dict(values, source=str(path))
+
+    def _check_ranges(self, source: str) -> None:
+        positive = ("learning_rate", "learning_rate_select", "local_epochs", "selector_local_epochs",
+                    "batch_size", "image_size", "select_num_classes")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{source}: '{name}' must be > 0, got {getattr(self, name)}")
+        if self.selector not in SELECTORS:
+            raise ValueError(f"{source}: 'selector' must be one of {SELECTORS}, got '{self.selector}'")
+        if not 0.0 <= self.cache_dataset <= 1.0:
+            raise ValueError(f"{source}: 'cache_dataset' is a cache rate in [0, 1], got {self.cache_dataset}")
+        for name in ("num_workers", "torch_threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{source}: '{name}' must be >= 0, got {getattr(self, name)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def resolve_path(value: str, setting: str) -> Path:
+    """Expand `~` and `$VARS` in a configured path; an unset variable is an error naming the setting."""
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    if "$" in expanded:
+        raise ValueError(f"'{setting}' = '{value}' uses an environment variable that is not set")
+    return Path(expanded)

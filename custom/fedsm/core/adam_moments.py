@@ -1,0 +1,76 @@
+"""Adam moments keyed by parameter name: extract from, and load into, a torch optimizer; average."""
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from .weighted_average import WeightedAverage
+
+MOMENT_KINDS = ("exp_avg", "exp_avg_sq")
+STEP_KEY = "step"
+
+
+def moment_key(kind: str, param_name: str) -> str:
+    """Flat key of one moment tensor, e.g. `exp_avg/features.0.weight`."""
+    return f"{kind}/{param_name}"
+
+
+def extract_adam_moments(
+    optimizer: torch.optim.Optimizer, named_parameters: Iterable[tuple[str, torch.nn.Parameter]]
+) -> dict[str, np.ndarray]:
+    """Adam's `exp_avg` and `exp_avg_sq` of every parameter, keyed by parameter name, plus the step count.
+
+    Returns CPU arrays that share memory with the optimizer state where possible (no copy on CPU).
+    Parameters with no state yet (never stepped) are left out.
+    """
+    moments: dict[str, np.ndarray] = {}
+    step = None
+    for name, param in named_parameters:
+        state = optimizer.state.get(param)
+        if not state:
+            continue
+        for kind in MOMENT_KINDS:
+            moments[moment_key(kind, name)] = state[kind].detach().cpu().numpy()
+        step = float(state[STEP_KEY])
+    if step is not None:
+        moments[STEP_KEY] = np.asarray(step, dtype=np.float32)
+    return moments
+
+
+def load_adam_moments(
+    optimizer: torch.optim.Optimizer,
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+    moments: Mapping[str, np.ndarray],
+) -> None:
+    """Replace the optimizer state by `moments` (as made by `extract_adam_moments`), matched by name.
+
+    An empty mapping clears the state (a fresh Adam). Otherwise every parameter needs both moments
+    with its shape; a missing, extra or misshaped key raises a KeyError/ValueError naming it.
+    """
+    named_parameters = list(named_parameters)
+    optimizer.state.clear()
+    if not moments:
+        return
+    expected = {moment_key(kind, name) for name, _ in named_parameters for kind in MOMENT_KINDS} | {STEP_KEY}
+    missing = sorted(expected - moments.keys())
+    extra = sorted(moments.keys() - expected)
+    if missing or extra:
+        raise KeyError(f"Adam moments do not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    step = torch.tensor(float(moments[STEP_KEY]), dtype=torch.float32)
+    for name, param in named_parameters:
+        state = {STEP_KEY: step.clone()}
+        for kind in MOMENT_KINDS:
+            value = np.asarray(moments[moment_key(kind, name)])
+            if value.shape != tuple(param.shape):
+                raise ValueError(f"Adam {kind} of '{name}' has shape {value.shape}, parameter has {tuple(param.shape)}")
+            state[kind] = torch.as_tensor(value, dtype=param.dtype, device=param.device).clone()
+        optimizer.state[param] = state
+
+
+def average_adam_moments(contributions: Iterable[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+    """Weighted mean of several clients' Adam moments (and step counts), name by name."""
+    average = WeightedAverage()
+    for moments, weight in contributions:
+        average.add(moments, weight)
+    return average.result()

@@ -1,0 +1,48 @@
+"""NVFlare shell of the FedSM round aggregation (step-weighted averages, moment averaging, SoftPull)."""
+
+from collections.abc import Mapping
+
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+
+from ..core.model_set import ModelSet
+from ..core.round_aggregation import RoundAggregator
+from .wire import UPDATE_PARTS, Meta, unpack
+
+
+class FedSMAggregator(FLComponent):
+    """Streams each client's update into the round as it arrives; `aggregate()` gives the next models."""
+
+    def __init__(self, soft_pull_lambda: float = 0.7):
+        super().__init__()
+        if not 0.0 <= soft_pull_lambda <= 1.0:
+            raise ValueError(f"soft_pull_lambda must be in [0, 1], got {soft_pull_lambda}")
+        self.soft_pull_lambda = soft_pull_lambda
+        self._round: RoundAggregator | None = None
+
+    def start_round(self, current: ModelSet, labels: Mapping[str, int]) -> None:
+        self._round = RoundAggregator(current, labels, self.soft_pull_lambda)
+
+    def accept(self, client: str, result: Shareable, fl_ctx: FLContext) -> bool:
+        """Add one client's update; a rejected update is logged with its reason and left out."""
+        try:
+            update, meta = unpack(result, UPDATE_PARTS)
+            label, weight = int(meta[Meta.LABEL]), float(meta[Meta.WEIGHT])
+        except (ValueError, KeyError, TypeError) as error:
+            reason = f"malformed update: {error}"
+        else:
+            reason = self._round.accept(client, label, update, weight)
+        if reason:
+            self.log_warning(fl_ctx, f"update of {client} rejected in round {self._round.current.next_round}: {reason}")
+            return False
+        return True
+
+    @property
+    def contributors(self) -> list[str]:
+        return self._round.contributors
+
+    def aggregate(self, fl_ctx: FLContext) -> ModelSet:
+        models = self._round.result()
+        self._round = None
+        return models

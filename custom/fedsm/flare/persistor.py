@@ -1,0 +1,75 @@
+"""Server persistence: the whole FedSM model set (resume state) and the best checkpoints."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_context import FLContext
+
+from ..config import TrainConfig
+from ..core.model_set import ModelSet, Weights
+from ..io.checkpoint import load_checkpoint, model_set_from_checkpoint, model_set_to_checkpoint, save_checkpoint
+from ..models.networks import build_models
+from ..models.weights import get_weights
+
+STATE_FILENAME = "fedsm_state.pt"
+
+
+def best_checkpoint_name(model: str, client: str | None = None) -> str:
+    """File name of a best checkpoint: `best_global_model.pt`, `best_selector_model.pt`,
+    `best_personalized_model_<client>.pt` (model IDs and client names live in separate namespaces)."""
+    return f"best_{model}_model_{client}.pt" if client else f"best_{model}_model.pt"
+
+
+def initial_model_set(train_config: TrainConfig, clients: list[str]) -> ModelSet:
+    """Round-0 models, seeded: one UNet initialization shared by the global and every personalized model."""
+    torch.manual_seed(train_config.seed)
+    models = build_models(train_config.as_dict())
+    global_weights = get_weights(models["global"])
+    return ModelSet(
+        global_model=global_weights,
+        selector=get_weights(models["selector"]),
+        selector_moments={},
+        personalized={client: {k: v.copy() for k, v in global_weights.items()} for client in clients},
+    )
+
+
+class FedSMModelPersistor(FLComponent):
+    """Loads the model set to start from (the saved state when one exists, so a restarted run
+    resumes), saves it after every round, and writes best checkpoints, all in the server app folder."""
+
+    def __init__(self, train_config_filename: str = "config_train.json", state_filename: str = STATE_FILENAME):
+        super().__init__()
+        self.train_config_filename = train_config_filename
+        self.state_filename = state_filename
+
+    def _app_root(self, fl_ctx: FLContext) -> Path:
+        return Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
+
+    def train_config(self, fl_ctx: FLContext) -> TrainConfig:
+        return TrainConfig.from_file(self._app_root(fl_ctx) / "config" / self.train_config_filename)
+
+    def load(self, clients: list[str], fl_ctx: FLContext) -> ModelSet:
+        state_path = self._app_root(fl_ctx) / self.state_filename
+        if not state_path.exists():
+            self.log_info(fl_ctx, "no saved FedSM state: starting from freshly initialized models")
+            return initial_model_set(self.train_config(fl_ctx), clients)
+        models = model_set_from_checkpoint(load_checkpoint(state_path), state_path)
+        for client in clients:
+            if client not in models.personalized:
+                self.log_warning(fl_ctx, f"{state_path} has no personalized model of '{client}': starting it "
+                                         "from the current global model")
+                models.personalized[client] = {k: np.array(v) for k, v in models.global_model.items()}
+        self.log_info(fl_ctx, f"resuming from {state_path} at round {models.next_round}")
+        return models
+
+    def save(self, models: ModelSet, fl_ctx: FLContext) -> None:
+        save_checkpoint(self._app_root(fl_ctx) / self.state_filename, model_set_to_checkpoint(models))
+
+    def save_best(self, model: str, client: str | None, weights: Weights, metric: float, round_number: int,
+                  fl_ctx: FLContext) -> Path:
+        path = self._app_root(fl_ctx) / best_checkpoint_name(model, client)
+        save_checkpoint(path, {"weights": weights, "metric": float(metric), "round": int(round_number)})
+        return path

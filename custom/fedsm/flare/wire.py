@@ -1,0 +1,45 @@
+"""What travels between the FedSM server and its clients: one DXO collection of named weight dicts.
+
+Server to client (`TASK_PARTS`): the global model, that client's own personalized model, the
+selector and the averaged selector Adam moments (empty in round 0), plus meta (round, the client's
+selector label, the number of clients). Client to server (`UPDATE_PARTS`): global and selector
+weight differences, the personalized weights after local training, the selector's Adam moments,
+and meta (aggregation weight, label, validation metrics of the received models).
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.shareable import Shareable
+
+from ..core.round_aggregation import UPDATE_PARTS
+
+TASK_PARTS = ("global", "personalized", "selector", "selector_moments")
+__all__ = ["TASK_PARTS", "UPDATE_PARTS", "Meta", "pack", "unpack"]
+
+
+class Meta:
+    ROUND = "fedsm_round"
+    NUM_ROUNDS = "fedsm_num_rounds"
+    LABEL = "fedsm_selector_label"
+    NUM_CLIENTS = "fedsm_num_clients"
+    WEIGHT = "fedsm_aggregation_weight"
+    METRICS = "fedsm_val_metrics"
+    NUM_VAL = "fedsm_num_validation_images"
+
+
+def pack(parts: Mapping[str, Mapping[str, np.ndarray]], meta: dict) -> Shareable:
+    """A Shareable holding the named weight dicts `parts` and `meta`."""
+    return DXO(data_kind=DataKind.COLLECTION, data={name: dict(w) for name, w in parts.items()}, meta=meta).to_shareable()
+
+
+def unpack(shareable: Shareable, expected_parts) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """The weight dicts and meta of a Shareable made by `pack`; raises ValueError when parts are missing."""
+    dxo = from_shareable(shareable)
+    if dxo.data_kind != DataKind.COLLECTION:
+        raise ValueError(f"expected a FedSM collection, got data kind {dxo.data_kind}")
+    missing = [part for part in expected_parts if not isinstance(dxo.data.get(part), dict)]
+    if missing:
+        raise ValueError(f"FedSM message lacks {missing}")
+    return {part: dxo.data[part] for part in expected_parts}, dict(dxo.meta)

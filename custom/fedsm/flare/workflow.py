@@ -1,0 +1,189 @@
+"""The FedSM server workflow: per round, send each client its own models, stream the results into the
+aggregator, track the best models, persist the next model set; validate the final models at the end."""
+
+import threading
+import time
+
+from nvflare.apis.client import Client
+from nvflare.apis.controller_spec import ClientTask, Task
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.impl.controller import Controller
+from nvflare.apis.shareable import Shareable
+from nvflare.apis.signal import Signal
+
+from ..core.best_models import improved_models, mean_metric, GLOBAL_METRIC, SELECTOR_METRIC
+from ..core.model_set import ModelSet
+from .aggregator import FedSMAggregator
+from .persistor import FedSMModelPersistor
+from .wire import Meta, pack, unpack
+
+
+def check_label_mapping(mapping: dict, num_classes: int) -> dict[str, int]:
+    """Validate `client_id_label_mapping`: distinct integer labels in [0, select_num_classes)."""
+    if not mapping:
+        raise ValueError("client_id_label_mapping is empty")
+    labels = {}
+    for client, label in mapping.items():
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
+            raise ValueError(f"client_id_label_mapping['{client}'] = {label!r} is not a label in [0, {num_classes})")
+        labels[client] = label
+    if len(set(labels.values())) != len(labels):
+        raise ValueError(f"client_id_label_mapping gives two clients the same label: {mapping}")
+    return labels
+
+
+class FedSMController(Controller):
+    def __init__(
+        self,
+        num_rounds: int = 100,
+        client_id_label_mapping: dict | None = None,
+        aggregator_id: str = "aggregator",
+        persistor_id: str = "persistor",
+        train_task_name: str = "train",
+        validate_task_name: str = "validate",
+        parallel_tasks: bool = True,
+        train_timeout: int = 0,
+        min_clients: int = 1,
+        validate_final_models: bool = True,
+    ):
+        """
+        Args:
+            num_rounds: rounds of the whole run (a resumed run continues up to this number).
+            client_id_label_mapping: client name -> selector label (0..K-1).
+            parallel_tasks: send the round's tasks to all clients at once (else one client after another).
+            train_timeout: seconds a client may take for a task (0: no limit).
+            min_clients: fewest valid updates a round needs; fewer stops the run.
+            validate_final_models: after the last round, have every client validate the final models.
+        """
+        super().__init__()
+        self.num_rounds = num_rounds
+        self.labels = dict(client_id_label_mapping or {})
+        self.aggregator_id = aggregator_id
+        self.persistor_id = persistor_id
+        self.train_task_name = train_task_name
+        self.validate_task_name = validate_task_name
+        self.parallel_tasks = parallel_tasks
+        self.train_timeout = train_timeout
+        self.min_clients = min_clients
+        self.validate_final_models = validate_final_models
+        self._lock = threading.Lock()
+        self._metrics: dict[str, dict[str, float]] = {}
+        self._sizes: dict[str, int] = {}
+
+    def start_controller(self, fl_ctx: FLContext):
+        self.aggregator = self._engine.get_component(self.aggregator_id)
+        self.persistor = self._engine.get_component(self.persistor_id)
+        if not isinstance(self.aggregator, FedSMAggregator):
+            self.system_panic(f"component '{self.aggregator_id}' must be a FedSMAggregator", fl_ctx)
+            return
+        if not isinstance(self.persistor, FedSMModelPersistor):
+            self.system_panic(f"component '{self.persistor_id}' must be a FedSMModelPersistor", fl_ctx)
+            return
+        try:
+            num_classes = self.persistor.train_config(fl_ctx).select_num_classes
+            self.labels = check_label_mapping(self.labels, num_classes)
+        except ValueError as error:
+            self.system_panic(f"FedSM configuration error: {error}", fl_ctx)
+
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext):
+        clients = self._participants(fl_ctx)
+        if clients is None:
+            return
+        models = self.persistor.load(clients, fl_ctx)
+        while models.next_round < self.num_rounds:
+            round_number = models.next_round
+            self.log_info(fl_ctx, f"Round {round_number} of {self.num_rounds} started ({len(clients)} clients).")
+            started = time.monotonic()
+            self.aggregator.start_round(models, {c: self.labels[c] for c in clients})
+            self._run_tasks(self.train_task_name, models, clients, abort_signal, fl_ctx)
+            if abort_signal.triggered:
+                return
+            self._track_best(models, round_number, fl_ctx)
+            contributors = self.aggregator.contributors
+            if len(contributors) < self.min_clients:
+                self.system_panic(f"round {round_number}: {len(contributors)} valid client updates "
+                                  f"({contributors}), fewer than min_clients={self.min_clients}", fl_ctx)
+                return
+            models = self.aggregator.aggregate(fl_ctx)
+            self.persistor.save(models, fl_ctx)
+            self.log_info(fl_ctx, f"Round {round_number} finished in {time.monotonic() - started:.1f} s; "
+                                  f"aggregated {sorted(contributors)}.")
+        if self.validate_final_models:
+            self._run_tasks(self.validate_task_name, models, clients, abort_signal, fl_ctx)
+            if not abort_signal.triggered:
+                self._track_best(models, models.next_round, fl_ctx)
+                self.persistor.save(models, fl_ctx)
+        self.log_info(fl_ctx, "FedSM finished.")
+
+    def _participants(self, fl_ctx: FLContext) -> list[str] | None:
+        connected = sorted(client.name for client in self._engine.get_clients())
+        unknown = [name for name in connected if name not in self.labels]
+        if unknown:
+            self.system_panic(f"clients {unknown} are not in client_id_label_mapping {self.labels}; "
+                              "add them to config_fed_server.json", fl_ctx)
+            return None
+        absent = sorted(set(self.labels) - set(connected))
+        if absent:
+            self.log_warning(fl_ctx, f"clients {absent} of client_id_label_mapping are not connected")
+        return connected
+
+    def _run_tasks(self, task_name: str, models: ModelSet, clients: list[str], abort_signal: Signal,
+                   fl_ctx: FLContext) -> None:
+        self._metrics, self._sizes = {}, {}
+        tasks = []
+        for client in clients:
+            data = pack(
+                {"global": models.global_model, "personalized": models.personalized[client],
+                 "selector": models.selector, "selector_moments": models.selector_moments},
+                {Meta.ROUND: models.next_round, Meta.NUM_ROUNDS: self.num_rounds, Meta.LABEL: self.labels[client],
+                 Meta.NUM_CLIENTS: len(clients)},
+            )
+            task = Task(name=task_name, data=data, timeout=self.train_timeout, result_received_cb=self._on_result)
+            if self.parallel_tasks:
+                self.broadcast(task, fl_ctx, targets=[client], min_responses=1)
+                tasks.append(task)
+            else:
+                self.broadcast_and_wait(task, fl_ctx, targets=[client], min_responses=1, abort_signal=abort_signal)
+        while any(task.completion_status is None for task in tasks):
+            if abort_signal.triggered:
+                self.cancel_all_tasks(fl_ctx=fl_ctx)
+                return
+            time.sleep(0.1)
+        for client in sorted(set(clients) - set(self._metrics)):
+            self.log_warning(fl_ctx, f"no result from {client} for task '{task_name}' in round {models.next_round}")
+
+    def _on_result(self, client_task: ClientTask, fl_ctx: FLContext) -> None:
+        client = client_task.client.name
+        result, client_task.result = client_task.result, None
+        rc = result.get_return_code()
+        if rc != ReturnCode.OK:
+            self.log_warning(fl_ctx, f"{client} returned '{rc}' for task '{client_task.task.name}'")
+            return
+        with self._lock:
+            try:
+                _, meta = unpack(result, ())
+                self._metrics[client] = {k: float(v) for k, v in meta[Meta.METRICS].items()}
+                self._sizes[client] = int(meta[Meta.NUM_VAL])
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
+                self.log_warning(fl_ctx, f"{client} sent no validation metrics: {error}")
+            if client_task.task.name == self.train_task_name:
+                self.aggregator.accept(client, result, fl_ctx)
+
+    def _track_best(self, models: ModelSet, round_number: int, fl_ctx: FLContext) -> None:
+        """Validation metrics of this round belong to `models`, the models that were sent."""
+        self.log_info(fl_ctx, f"round {round_number} validation (mean over clients): "
+                              f"global Dice {mean_metric(self._metrics, self._sizes, GLOBAL_METRIC):.4f}, "
+                              f"selector accuracy {mean_metric(self._metrics, self._sizes, SELECTOR_METRIC):.4f}")
+        sources = {"global": lambda _: models.global_model, "selector": lambda _: models.selector,
+                   "personalized": lambda client: models.personalized[client]}
+        for model, client, value in improved_models(self._metrics, self._sizes, models.best_metrics):
+            path = self.persistor.save_best(model, client, sources[model](client), value, round_number, fl_ctx)
+            self.log_info(fl_ctx, f"new best {model}{' of ' + client if client else ''}: {value:.4f} -> {path.name}")
+
+    def process_result_of_unknown_task(self, client: Client, task_name: str, client_task_id: str, result: Shareable,
+                                       fl_ctx: FLContext) -> None:
+        self.log_warning(fl_ctx, f"ignoring a late result of '{task_name}' from {client.name}")
+
+    def stop_controller(self, fl_ctx: FLContext):
+        self.cancel_all_tasks(fl_ctx=fl_ctx)

@@ -1,0 +1,75 @@
+"""Checkpoints: nested dicts of torch tensors and plain values, written atomically, loaded safely."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.model_set import ModelSet
+from ..models.weights import numpy_to_tensor
+from .atomic import atomic_path
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names the file."""
+
+
+def _to_torch(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return numpy_to_tensor(value)
+    if isinstance(value, dict):
+        return {key: _to_torch(item) for key, item in value.items()}
+    return value
+
+
+def _to_numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {key: _to_numpy(item) for key, item in value.items()}
+    return value
+
+
+def save_checkpoint(path: str | os.PathLike, content: dict[str, Any]) -> None:
+    """Save nested dicts of NumPy arrays (stored as tensors, no copy) and plain values, atomically."""
+    with atomic_path(path) as tmp:
+        torch.save(_to_torch(content), tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True` (never executes code); tensors come back as NumPy."""
+    path = Path(path)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot load checkpoint {path}: {error}") from error
+    if not isinstance(content, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a dict")
+    return _to_numpy(content)
+
+
+def model_set_to_checkpoint(models: ModelSet) -> dict[str, Any]:
+    return {
+        "global": models.global_model,
+        "selector": models.selector,
+        "selector_moments": models.selector_moments,
+        "personalized": models.personalized,
+        "next_round": models.next_round,
+        "best_metrics": models.best_metrics,
+    }
+
+
+def model_set_from_checkpoint(content: dict[str, Any], path: str | os.PathLike) -> ModelSet:
+    try:
+        return ModelSet(
+            global_model=content["global"],
+            selector=content["selector"],
+            selector_moments=content["selector_moments"],
+            personalized=content["personalized"],
+            next_round=int(content["next_round"]),
+            best_metrics=dict(content["best_metrics"]),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} is not a FedSM model set: missing or bad {error}") from error

@@ -1,0 +1,109 @@
+"""Package the job's code into a job folder, and derive jobs with some settings changed.
+
+NVFlare 2.9 builds only allow-listed component classes unless a job brings its own code (BYOC) in
+`app/custom`. `package_code` copies this `fedsm` package there as real files (a symlink is not
+carried by NVFlare's job packaging), so the job runs in the simulator and in POC as it is.
+
+Derive a job (CPU demo, tests, benchmarks):
+
+    python -m fedsm.job_config jobs/fedsm_prostate /tmp/fedsm_cpu --set train.image_size=64 \
+        --set server.num_rounds=5 --set train.selector='"light"'
+
+`train.KEY` sets a key of config_train.json, `server.KEY` a top-level variable of config_fed_server.json
+(e.g. `num_rounds`, `soft_pull_lambda`), `workflow.KEY` an argument of the FedSM workflow, `meta.KEY`
+a key of meta.json. Values are JSON; a bare word is taken as a string.
+"""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .io.atomic import write_text_atomic
+
+CONFIG_FILES = {
+    "train": "app/config/config_train.json",
+    "server": "app/config/config_fed_server.json",
+    "workflow": "app/config/config_fed_server.json",
+    "meta": "meta.json",
+}
+
+
+def package_code(job_dir: str | Path) -> Path:
+    """Copy the `fedsm` package into `<job_dir>/app/custom/fedsm` (replacing an older copy)."""
+    import fedsm
+
+    target = Path(job_dir) / "app" / "custom" / "fedsm"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(Path(fedsm.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+def _set(config: dict, section: str, key: str, value: Any, file: Path) -> None:
+    if section == "workflow":
+        workflows = config.get("workflows", [])
+        if len(workflows) != 1:
+            raise ValueError(f"{file}: expected exactly one workflow to set '{key}'")
+        workflows[0]["args"][key] = value
+    else:
+        if key not in config:
+            raise KeyError(f"{file}: has no key '{key}'")
+        config[key] = value
+
+
+def derive_job(source: str | Path, destination: str | Path, overrides: dict[str, Any]) -> Path:
+    """Copy the job folder `source` to `destination` and apply `{"section.key": value}` overrides."""
+    source, destination = Path(source), Path(destination)
+    if not (source / "meta.json").is_file():
+        raise FileNotFoundError(f"{source} is not an NVFlare job folder (no meta.json)")
+    if destination.exists():
+        shutil.rmtree(destination)
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"))
+    package_code(destination)
+    by_file: dict[str, list[tuple[str, str, Any]]] = {}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in CONFIG_FILES or not key:
+            raise ValueError(f"override '{dotted}' must be <section>.<key> with section in {sorted(CONFIG_FILES)}")
+        by_file.setdefault(CONFIG_FILES[section], []).append((section, key, value))
+    for relative, changes in by_file.items():
+        file = destination / relative
+        config = json.loads(file.read_text())
+        for section, key, value in changes:
+            _set(config, section, key, value, file)
+        write_text_atomic(file, json.dumps(config, indent=2) + "\n")
+    return destination
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.key=value` with a JSON value (a bare word is a string)."""
+    dotted, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"'{text}' is not section.key=value")
+    try:
+        return dotted, json.loads(raw)
+    except json.JSONDecodeError:
+        return dotted, raw
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", help="job folder to start from, e.g. jobs/fedsm_prostate")
+    parser.add_argument("destination", nargs="?",
+                        help="folder of the derived job (replaced if it exists); without it, only package the "
+                             "code into the source job")
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
+                        metavar="SECTION.KEY=VALUE")
+    args = parser.parse_args(argv)
+    if args.destination is None:
+        if args.overrides:
+            parser.error("--set needs a destination folder; the source job is never changed")
+        print(package_code(args.source))
+    else:
+        print(derive_job(args.source, args.destination, dict(args.overrides)))
+
+
+if __name__ == "__main__":
+    main()

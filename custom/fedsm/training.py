@@ -1,0 +1,84 @@
+"""Local training and validation of the three FedSM models (plain PyTorch, no NVFlare)."""
+
+from collections.abc import Iterable
+
+import torch
+from monai.losses import DiceLoss
+from torch import nn
+
+from .core.dice import binarize, dice_per_image
+
+
+def _batches(loader: Iterable, device: torch.device):
+    for batch in loader:
+        yield batch["image"].to(device), batch["label"].to(device)
+
+
+def train_segmentation(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, epochs: int, device: torch.device
+) -> tuple[float, int]:
+    """Train a UNet with sigmoid Dice loss; returns (mean loss, number of optimizer steps)."""
+    loss_function = DiceLoss(sigmoid=True)
+    model.train()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        for images, labels in _batches(loader, device):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_function(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+    return total / max(steps, 1), steps
+
+
+def train_selector_full_batch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable,
+    label: int,
+    epochs: int,
+    device: torch.device,
+) -> float:
+    """Full-batch selector training: per epoch, the mean cross-entropy gradient over all local batches
+    (every image carries this site's `label`), then one optimizer step. Returns the mean loss."""
+    loss_function = nn.CrossEntropyLoss(reduction="sum")
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        optimizer.zero_grad(set_to_none=True)
+        batches = []
+        for images, _ in _batches(loader, device):
+            targets = torch.full((images.shape[0],), label, dtype=torch.long, device=device)
+            loss = loss_function(model(images), targets)
+            loss.backward()
+            batches.append(images.shape[0])
+            total += loss.item()
+        n_images = sum(batches)
+        if n_images == 0:
+            raise ValueError("the selector has no training images")
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad /= n_images
+        optimizer.step()
+        count += n_images
+    return total / count
+
+
+@torch.no_grad()
+def validate_segmentation(model: nn.Module, loader: Iterable, device: torch.device) -> float:
+    """Mean foreground Dice over the images of `loader`."""
+    model.eval()
+    scores = [dice_per_image(binarize(model(images)), labels) for images, labels in _batches(loader, device)]
+    return torch.cat(scores).mean().item() if scores else float("nan")
+
+
+@torch.no_grad()
+def validate_selector(model: nn.Module, loader: Iterable, label: int, device: torch.device) -> float:
+    """Share of the images of `loader` that the selector assigns to `label`."""
+    model.eval()
+    hits, count = 0, 0
+    for images, _ in _batches(loader, device):
+        hits += (model(images).argmax(dim=1) == label).sum().item()
+        count += images.shape[0]
+    return hits / count if count else float("nan")
