@@ -33,11 +33,11 @@ class WeightedAverage:
             if total is None:
                 self._dtypes[name] = array.dtype
                 acc_dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else np.float64
-                self._sums[name] = np.multiply(array, weight, dtype=acc_dtype)
+                self._sums[name] = np.multiply(array, weight, out=np.empty(array.shape, acc_dtype))
             elif total.shape != array.shape:
                 raise ValueError(f"'{name}': shape {array.shape} differs from the first contribution's {total.shape}")
             else:
-                total += np.multiply(array, weight, dtype=total.dtype)
+                np.add(total, np.multiply(array, weight, dtype=total.dtype), out=total)
         self._total_weight += weight
         self.count += 1
 
