@@ -1,0 +1,85 @@
+"""What every converter shares: its errors, its description of a raw case, and pairing by case name."""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import SimpleITK as sitk
+
+
+class LayoutError(ValueError):
+    """The raw folder of a source does not look like its documented download; nothing is written."""
+
+
+class CaseError(ValueError):
+    """One case cannot be converted; the message names the file at fault. Other cases go on."""
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """Where the raw image and mask of one case are (a file or a DICOM folder each)."""
+
+    site: str
+    case: str
+    image: Path
+    mask: Path
+
+
+@dataclass
+class Discovery:
+    """The paired cases found in a raw folder, and the names that could not be paired (name -> why)."""
+
+    cases: list[CaseSource] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Converter:
+    """One raw source: its folder name under Raw/, the sites it yields, and its two steps.
+
+    `discover(source_dir)` finds and pairs the cases (raises `LayoutError` for a wrong layout);
+    `load_pair(case)` returns (image float32, mask uint8 0/1) on the same grid or raises `CaseError`.
+    """
+
+    source: str
+    sites: tuple[str, ...]
+    discover: Callable[[Path], Discovery]
+    load_pair: Callable[[CaseSource], tuple[sitk.Image, sitk.Image]]
+
+
+def visible(paths: Iterable[Path]) -> list[Path]:
+    """`paths` without hidden entries (e.g. the `._*` resource forks of archives made on macOS), sorted."""
+    return sorted(path for path in paths if not path.name.startswith("."))
+
+
+def require_dirs(source_dir: Path, names: Iterable[str], layout: str) -> None:
+    """Raise `LayoutError` unless every folder in `names` exists under `source_dir`."""
+    missing = [name for name in names if not (source_dir / name).is_dir()]
+    if missing:
+        raise LayoutError(f"{source_dir}: missing folder(s) {', '.join(missing)}; expected layout:\n{layout}")
+
+
+def pair_by_case(site: str, images: Iterable[tuple[str, Path]], masks: Iterable[tuple[str, Path]]) -> Discovery:
+    """Pair (case, path) images and masks by case name; duplicates and partnerless files fail by name."""
+    found = Discovery()
+    indexed = []
+    for kind, entries in (("image", images), ("mask", masks)):
+        by_case: dict[str, Path] = {}
+        for case, path in entries:
+            if case in by_case:
+                duplicate = f"two {kind}s for case {case}: {by_case[case]} and {path}"
+                found.failed[case] = f"{found.failed[case]}; {duplicate}" if case in found.failed else duplicate
+            else:
+                by_case[case] = path
+        indexed.append(by_case)
+    image_of, mask_of = indexed
+    for case in sorted(image_of.keys() | mask_of.keys()):
+        if case in found.failed:
+            continue
+        if case not in mask_of:
+            found.failed[case] = f"image {image_of[case]} has no mask"
+        elif case not in image_of:
+            found.failed[case] = f"mask {mask_of[case]} has no image"
+        else:
+            found.cases.append(CaseSource(site, case, image_of[case], mask_of[case]))
+    return found
