@@ -109,6 +109,9 @@ class FedSMLearner(Executor):
             torch.set_num_threads(cpu_threads(self.config.torch_threads,
                                               meta.get(Meta.NUM_CLIENTS, 1) if self.in_simulator else 1))
         round_number, label = int(meta[Meta.ROUND]), int(meta[Meta.LABEL])
+        # seeded per round, so a resumed run draws the same shuffles and dropout masks as an uninterrupted one
+        torch.manual_seed(self.config.seed + round_number)
+        self.train_loader.generator.manual_seed(self.config.seed + round_number)
         for kind in ("global", "personalized", "selector"):
             set_weights(self.models[kind], received[kind])
         metrics = self._validate(round_number, label, fl_ctx)

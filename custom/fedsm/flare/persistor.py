@@ -8,7 +8,7 @@ from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 
-from ..config import TrainConfig
+from ..config import TrainConfig, resolve_path
 from ..core.model_set import ModelSet, Weights
 from ..io.checkpoint import load_checkpoint, model_set_from_checkpoint, model_set_to_checkpoint, save_checkpoint
 from ..models.networks import build_models
@@ -37,13 +37,19 @@ def initial_model_set(train_config: TrainConfig, clients: list[str]) -> ModelSet
 
 
 class FedSMModelPersistor(FLComponent):
-    """Loads the model set to start from (the saved state when one exists, so a restarted run
-    resumes), saves it after every round, and writes best checkpoints, all in the server app folder."""
+    """Loads the model set to start from, saves it after every round, and writes best checkpoints,
+    all in the server app folder.
 
-    def __init__(self, train_config_filename: str = "config_train.json", state_filename: str = STATE_FILENAME):
+    Start: the state saved in this app folder (the same job restarted), else `resume_from` (the
+    `fedsm_state.pt` of an earlier run, to continue it as a new job), else fresh models.
+    """
+
+    def __init__(self, train_config_filename: str = "config_train.json", state_filename: str = STATE_FILENAME,
+                 resume_from: str = ""):
         super().__init__()
         self.train_config_filename = train_config_filename
         self.state_filename = state_filename
+        self.resume_from = resume_from
 
     def _app_root(self, fl_ctx: FLContext) -> Path:
         return Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
@@ -53,6 +59,10 @@ class FedSMModelPersistor(FLComponent):
 
     def load(self, clients: list[str], fl_ctx: FLContext) -> ModelSet:
         state_path = self._app_root(fl_ctx) / self.state_filename
+        if not state_path.exists() and self.resume_from:
+            state_path = resolve_path(self.resume_from, "resume_from")
+            if not state_path.is_file():
+                raise FileNotFoundError(f"resume_from: no FedSM state at {state_path}")
         if not state_path.exists():
             self.log_info(fl_ctx, "no saved FedSM state: starting from freshly initialized models")
             return initial_model_set(self.train_config(fl_ctx), clients)

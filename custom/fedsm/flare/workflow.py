@@ -90,7 +90,11 @@ class FedSMController(Controller):
         clients = self._participants(fl_ctx)
         if clients is None:
             return
-        models = self.persistor.load(clients, fl_ctx)
+        try:
+            models = self.persistor.load(clients, fl_ctx)
+        except (OSError, RuntimeError, ValueError) as error:
+            self.system_panic(f"cannot load the FedSM model set: {error}", fl_ctx)
+            return
         while models.next_round < self.num_rounds:
             round_number = models.next_round
             self.log_info(fl_ctx, f"Round {round_number} of {self.num_rounds} started ({len(clients)} clients).")

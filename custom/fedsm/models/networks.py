@@ -55,8 +55,8 @@ class VGG11(nn.Module):
 class LightSelector(nn.Module):
     """A small site classifier for CPU use (~0.1M parameters).
 
-    Strided convolutions without normalization (so scanner intensity scale stays visible), then
-    global average and max pooling, then one linear layer.
+    Strided convolutions with GroupNorm (independent of the batch, so full-batch federated training
+    needs no running statistics), then global average and max pooling, then one linear layer.
     """
 
     def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128)) -> None:
@@ -64,7 +64,11 @@ class LightSelector(nn.Module):
         layers: list[nn.Module] = []
         channels = 1
         for width in widths:
-            layers += [nn.Conv2d(channels, width, kernel_size=3, stride=2, padding=1), nn.LeakyReLU(0.1, inplace=True)]
+            layers += [
+                nn.Conv2d(channels, width, kernel_size=3, stride=2, padding=1),
+                nn.GroupNorm(min(8, width // 4), width),
+                nn.LeakyReLU(0.1, inplace=True),
+            ]
             channels = width
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(2 * channels, num_classes)

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite: set-up (idempotent), then pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec "${FEDSM_VENV:-.venv}/bin/python" -m pytest "$@"
