@@ -1,0 +1,182 @@
+"""Plot the FedSM validation curves of every site from the clients' TensorBoard event files.
+
+    python -m result_stat.plot_tensorboard_events --workspace /tmp/nvflare/fedsm_prostate
+    python result_stat/plot_tensorboard_events.py --workspace WS --tags train_loss train_loss_selector
+
+One subplot per tag, one line per site (x = round), smoothed like TensorBoard (debiased exponential
+moving average) over the raw values drawn faintly. Reads the event files with TensorBoard's own
+reader (no TensorFlow needed) and writes a PNG atomically (no window is opened).
+"""
+
+import argparse
+import logging
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fedsm.io.atomic import atomic_path
+from result_stat.workspace import event_files, find_event_dirs
+
+DEFAULT_WORKSPACE = "/tmp/nvflare/fedsm_prostate"
+DEFAULT_OUTPUT_NAME = "fedsm_validation_curves.png"
+VALIDATION_TAGS = ("val_metric_global_model", "val_metric_person_model", "val_metric_select_model")
+TITLES = {
+    "val_metric_global_model": "Global model: validation Dice",
+    "val_metric_person_model": "Personalized model: validation Dice",
+    "val_metric_select_model": "Selector: validation accuracy",
+    "train_loss": "Global model: training loss",
+    "train_loss_personalized": "Personalized model: training loss",
+    "train_loss_selector": "Selector: training loss",
+}
+
+logger = logging.getLogger("plot_tensorboard_events")
+
+
+def smooth(values: Iterable[float], weight: float) -> np.ndarray:
+    """TensorBoard's scalar smoothing: an exponential moving average started at 0 and debiased.
+
+    `s_t = m_t / (1 - weight**n_t)` with `m_t = weight * m_{t-1} + (1 - weight) * x_t`, where `n_t`
+    counts the finite values so far; non-finite values are passed through and skipped. Weight 0
+    returns the values unchanged.
+    """
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+    values = np.asarray(list(values), dtype=np.float64)
+    smoothed = np.empty_like(values)
+    last, count = 0.0, 0
+    for index, value in enumerate(values):
+        if not math.isfinite(value):
+            smoothed[index] = value
+            continue
+        last = last * weight + (1.0 - weight) * value
+        count += 1
+        smoothed[index] = last / (1.0 - weight**count)
+    return smoothed
+
+
+def read_scalars(event_dir: str | Path, tags: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`{tag: (steps, values)}` for those of `tags` logged in the event files of `event_dir`.
+
+    Steps are sorted; when a step was logged more than once (a resumed run), the last value wins.
+    Raises `FileNotFoundError` naming `event_dir` when it holds no event files.
+    """
+    event_dir = Path(event_dir)
+    if not event_files(event_dir):
+        raise FileNotFoundError(f"no TensorBoard event files in {event_dir}")
+    accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    available = set(accumulator.Tags().get("scalars", []))
+    result = {}
+    for tag in tags:
+        if tag not in available:
+            continue
+        by_step = {event.step: event.value for event in accumulator.Scalars(tag)}
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        result[tag] = (steps, np.array([by_step[step] for step in steps], dtype=np.float64))
+    return result
+
+
+def available_tags(event_dir: str | Path) -> list[str]:
+    """Every scalar tag in the event files of `event_dir`."""
+    accumulator = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return sorted(accumulator.Tags().get("scalars", []))
+
+
+def plot_curves(
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
+    tags: Sequence[str],
+    weight: float,
+    title: str = "",
+) -> Figure:
+    """A figure with one subplot per tag and one line per site; `curves` is `{site: {tag: (steps, values)}}`."""
+    figure = Figure(figsize=(5.2 * len(tags), 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(tags), squeeze=False)[0]
+    colors = {site: f"C{index % 10}" for index, site in enumerate(curves)}
+    handles = {}
+    for axis, tag in zip(axes, tags):
+        plotted = False
+        for site, scalars in curves.items():
+            if tag not in scalars:
+                continue
+            steps, values = scalars[tag]
+            axis.plot(steps, values, color=colors[site], alpha=0.25, linewidth=1.0)
+            (handles[site],) = axis.plot(steps, smooth(values, weight), color=colors[site], linewidth=1.8, label=site)
+            plotted = True
+        axis.set_title(TITLES.get(tag, tag), fontsize=11)
+        axis.set_xlabel("round")
+        axis.set_ylabel(tag, fontsize=9)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(True, alpha=0.3)
+        if not plotted:
+            axis.text(0.5, 0.5, f"no data for\n{tag}", ha="center", va="center", transform=axis.transAxes)
+    if handles:
+        figure.legend([handles[site] for site in curves if site in handles], [site for site in curves if site in handles],
+                      loc="outside lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
+    caption = f"smoothing {weight:g} (raw values faint)"
+    figure.suptitle(f"{title}: {caption}" if title else caption, fontsize=11)
+    return figure
+
+
+def save_png(figure: Figure, output: str | Path, dpi: int = 120) -> Path:
+    """Write `figure` to `output` as a PNG, atomically."""
+    output = Path(output)
+    with atomic_path(output) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return output
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", default=DEFAULT_WORKSPACE,
+                        help=f"simulator workspace (or POC / client app folder) of the run (default {DEFAULT_WORKSPACE})")
+    parser.add_argument("--tags", nargs="+", default=list(VALIDATION_TAGS),
+                        help="scalar tags to plot, one subplot each (default: the three validation metrics)")
+    parser.add_argument("--smoothing", type=float, default=0.8,
+                        help="TensorBoard smoothing weight in [0, 1) (default 0.8; 0 = raw values)")
+    parser.add_argument("--output", default=None,
+                        help=f"PNG to write (default <workspace>/{DEFAULT_OUTPUT_NAME})")
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.smoothing < 1.0:
+        parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)
+    workspace = Path(args.workspace).expanduser()
+    try:
+        event_dirs = find_event_dirs(workspace)
+        curves = {site: read_scalars(folder, args.tags) for site, folder in event_dirs.items()}
+    except FileNotFoundError as error:
+        raise SystemExit(f"plot_tensorboard_events: error: {error}") from error
+    for site, folder in event_dirs.items():
+        logger.info("%s: %s (%s)", site, folder, ", ".join(f"{tag}: {len(s)} rounds" for tag, (s, _) in curves[site].items()) or "none of the tags")
+    if not any(curves.values()):
+        found = sorted({tag for folder in event_dirs.values() for tag in available_tags(folder)})
+        raise SystemExit(
+            f"plot_tensorboard_events: error: none of the tags {list(args.tags)} is in the event files under "
+            f"{workspace}; tags found: {found}"
+        )
+    for tag in args.tags:
+        if not any(tag in scalars for scalars in curves.values()):
+            logger.warning("tag '%s' is in no event file under %s; its subplot stays empty", tag, workspace)
+    figure = plot_curves(curves, args.tags, args.smoothing, title=f"FedSM {workspace}")
+    output = Path(args.output).expanduser() if args.output else workspace / DEFAULT_OUTPUT_NAME
+    save_png(figure, output)
+    print(f"Wrote {output}")
+    return output
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,417 @@
+"""Test-only evaluation of the FedSM super model on the `testing` split of every site.
+
+    python -m result_stat.prostate_2d_test_only --workspace /tmp/nvflare/fedsm_prostate
+    python result_stat/prostate_2d_test_only.py --models_dir WS/server/simulate_job/app_server \
+        --select_threshold 0.9 --output_json results.json
+
+For each test image the selector's softmax gives a top site and its probability p; if p > threshold
+the image is segmented by that site's best personalized model, else by the best global model (so a
+threshold of 1.0 means the global model only). Segmentation: sigmoid, threshold 0.5; metric:
+foreground Dice per image, averaged over images.
+
+The sites, their selector labels and the model architectures come from the run's own saved config
+(`config/config_fed_server.json` and `config/config_train.json` in the server app folder). Prints a
+per-site table and, as its very last line, `Test Dice: 0.xxxx` (the pooled super-model mean Dice).
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import re
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fedsm.config import TrainConfig, resolve_path
+from fedsm.core.dice import binarize, dice_per_image
+from fedsm.core.super_model import GLOBAL_MODEL, route_by_confidence
+from fedsm.data.datalist import DataError, check_images_readable, datalist_file, load_datalist
+from fedsm.data.loading import make_loader
+from fedsm.flare.persistor import best_checkpoint_name
+from fedsm.flare.workflow import check_label_mapping
+from fedsm.io.atomic import write_text_atomic
+from fedsm.io.checkpoint import CheckpointError, load_checkpoint
+from fedsm.models.networks import build_selector, build_unet
+from fedsm.models.weights import set_weights
+from result_stat.workspace import SERVER_CONFIG, TRAIN_CONFIG, find_server_app
+
+DEFAULT_THRESHOLD = 0.9
+TEST_SPLIT = "testing"
+
+logger = logging.getLogger("prostate_2d_test_only")
+
+
+# ---------------------------------------------------------------------------------------------
+# The math: routing, Dice, summaries (no files)
+# ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ImageResults:
+    """Per-image results of one or more batches (all arrays of length N)."""
+
+    own_label: np.ndarray  # the selector label of the site the image belongs to
+    top: np.ndarray  # the selector's top label
+    confidence: np.ndarray  # its softmax probability
+    route: np.ndarray  # the label whose personalized model segmented the image, or GLOBAL_MODEL
+    super_dice: np.ndarray
+    global_dice: np.ndarray
+
+    @classmethod
+    def empty(cls) -> "ImageResults":
+        return cls(*(np.zeros(0, dtype=dtype) for dtype in (np.int64, np.int64, np.float64, np.int64, np.float64, np.float64)))
+
+    @classmethod
+    def concat(cls, parts: Sequence["ImageResults"]) -> "ImageResults":
+        if not parts:
+            return cls.empty()
+        return cls(**{field.name: np.concatenate([getattr(part, field.name) for part in parts])
+                      for field in dataclasses.fields(cls)})
+
+    def __len__(self) -> int:
+        return len(self.super_dice)
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """One row of the result table; metrics are NaN when there are no images."""
+
+    site: str
+    images: int
+    super_dice: float
+    global_dice: float
+    selector_accuracy: float  # share of images whose top selector label is their own site's label
+    personalized_share: float  # share of images segmented by a personalized model
+
+    def as_json(self) -> dict[str, Any]:
+        return {key: (None if isinstance(value, float) and math.isnan(value) else value)
+                for key, value in dataclasses.asdict(self).items()}
+
+
+def choose_routes(probabilities: np.ndarray, threshold: float, available: Sequence[int]) -> np.ndarray:
+    """`route_by_confidence`, except that a confident label without a personalized model (a selector
+    class that no site of the run carries) falls back to the global model."""
+    routes = route_by_confidence(probabilities, threshold)
+    routes[(routes != GLOBAL_MODEL) & ~np.isin(routes, list(available))] = GLOBAL_MODEL
+    return routes
+
+
+@torch.no_grad()
+def evaluate_batch(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    own_label: int,
+    selector: nn.Module,
+    global_model: nn.Module,
+    personalized: Mapping[int, nn.Module],
+    threshold: float,
+) -> ImageResults:
+    """Super-model and global-model Dice of one batch, with the selector's choices.
+
+    `personalized` maps a selector label to that site's personalized model. Every image is segmented
+    by the global model (for the global-only Dice); images routed to a site are segmented again by
+    that site's personalized model.
+    """
+    probabilities = torch.softmax(selector(images).float(), dim=1).cpu().numpy()
+    routes = choose_routes(probabilities, threshold, list(personalized))
+    global_prediction = binarize(global_model(images))
+    super_prediction = global_prediction.clone()
+    for label in np.unique(routes[routes != GLOBAL_MODEL]):
+        rows = torch.as_tensor(np.flatnonzero(routes == label), device=images.device)
+        super_prediction[rows] = binarize(personalized[int(label)](images[rows]))
+    return ImageResults(
+        own_label=np.full(len(routes), own_label, dtype=np.int64),
+        top=probabilities.argmax(axis=1).astype(np.int64),
+        confidence=probabilities.max(axis=1).astype(np.float64),
+        route=routes.astype(np.int64),
+        super_dice=dice_per_image(super_prediction, targets).cpu().numpy().astype(np.float64),
+        global_dice=dice_per_image(global_prediction, targets).cpu().numpy().astype(np.float64),
+    )
+
+
+def summarize(site: str, results: ImageResults) -> Summary:
+    """Means over the images of `results` (NaN metrics when there are none)."""
+    count = len(results)
+    if count == 0:
+        return Summary(site, 0, math.nan, math.nan, math.nan, math.nan)
+    return Summary(
+        site=site,
+        images=count,
+        super_dice=float(results.super_dice.mean()),
+        global_dice=float(results.global_dice.mean()),
+        selector_accuracy=float((results.top == results.own_label).mean()),
+        personalized_share=float((results.route != GLOBAL_MODEL).mean()),
+    )
+
+
+def format_table(rows: Sequence[Summary], pooled: Summary) -> str:
+    """The result table: one row per site, then the pooled row."""
+    width = max(len("site"), len(pooled.site), *(len(row.site) for row in rows))
+    header = (f"{'site':<{width}}  {'images':>6}  {'super Dice':>10}  {'global Dice':>11}  "
+              f"{'selector acc':>12}  {'personalized':>12}")
+
+    def line(row: Summary) -> str:
+        if row.images == 0:
+            return f"{row.site:<{width}}  {0:>6}  {'-':>10}  {'-':>11}  {'-':>12}  {'-':>12}  (no test images)"
+        return (f"{row.site:<{width}}  {row.images:>6}  {row.super_dice:>10.4f}  {row.global_dice:>11.4f}  "
+                f"{row.selector_accuracy:>12.1%}  {row.personalized_share:>12.1%}")
+
+    rule = "-" * len(header)
+    return "\n".join([header, rule, *(line(row) for row in rows), rule, line(pooled)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: configs, checkpoints, data
+# ---------------------------------------------------------------------------------------------
+
+class MissingCheckpointError(FileNotFoundError):
+    """Best checkpoints missing from the server app folder; the message names them and lists what exists."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    models_dir: Path
+    train_config: TrainConfig
+    labels: dict[str, int]  # client name -> selector label, in label order
+
+
+_VARIABLE = re.compile(r"^\{(\w+)\}$")
+
+
+def _resolve_variable(value: Any, config: Mapping[str, Any]) -> Any:
+    """An NVFlare `{name}` reference to a top-level variable of the config, replaced by its value."""
+    if isinstance(value, str):
+        match = _VARIABLE.match(value)
+        if match and match.group(1) in config:
+            return config[match.group(1)]
+    return value
+
+
+def read_label_mapping(server_config_path: Path) -> dict[str, Any]:
+    """The `client_id_label_mapping` of the run's FedSM workflow in `config_fed_server.json`."""
+    try:
+        config = json.loads(server_config_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read server config {server_config_path}: {error}") from error
+    for workflow in config.get("workflows", []):
+        args = workflow.get("args", {})
+        if "client_id_label_mapping" in args:
+            mapping = _resolve_variable(args["client_id_label_mapping"], config)
+            if not isinstance(mapping, dict):
+                raise ValueError(f"{server_config_path}: client_id_label_mapping must be an object, got {mapping!r}")
+            return mapping
+    raise ValueError(f"{server_config_path}: no workflow has a 'client_id_label_mapping' argument")
+
+
+def load_run_setup(models_dir: Path) -> RunSetup:
+    """The run's training config and its client -> label mapping, from the server app folder."""
+    train_config_path = models_dir / TRAIN_CONFIG
+    if not train_config_path.is_file():
+        raise FileNotFoundError(f"training config not found: {train_config_path}")
+    train_config = TrainConfig.from_file(train_config_path)
+    server_config_path = models_dir / SERVER_CONFIG
+    if not server_config_path.is_file():
+        raise FileNotFoundError(f"server config not found: {server_config_path}")
+    try:
+        labels = check_label_mapping(read_label_mapping(server_config_path), train_config.select_num_classes)
+    except ValueError as error:
+        raise ValueError(f"{server_config_path}: {error}") from error
+    return RunSetup(models_dir, train_config, dict(sorted(labels.items(), key=lambda item: item[1])))
+
+
+def checkpoint_files(models_dir: Path, clients: Sequence[str]) -> dict[str, Path]:
+    """The best checkpoints the super model needs: `global`, `selector` and one per client name."""
+    files = {"global": models_dir / best_checkpoint_name("global"),
+             "selector": models_dir / best_checkpoint_name("selector")}
+    for client in clients:
+        files[client] = models_dir / best_checkpoint_name("personalized", client)
+    return files
+
+
+def check_checkpoints_exist(files: Mapping[str, Path], models_dir: Path) -> None:
+    """Raise `MissingCheckpointError` naming every missing file and listing the checkpoints that exist."""
+    missing = [path for path in files.values() if not path.is_file()]
+    if not missing:
+        return
+    present = sorted(path.name for path in models_dir.glob("*.pt"))
+    listing = ", ".join(present) if present else "no *.pt files"
+    names = "\n  ".join(str(path) for path in missing)
+    raise MissingCheckpointError(
+        f"missing best checkpoint file(s):\n  {names}\n{models_dir} holds: {listing}"
+    )
+
+
+def load_weights_into(model: nn.Module, path: Path, description: str) -> dict[str, Any]:
+    """Load the best checkpoint `path` into `model`; returns its metadata (metric, round)."""
+    content = load_checkpoint(path)
+    if "weights" not in content or not isinstance(content["weights"], dict):
+        raise CheckpointError(f"checkpoint {path} has no 'weights' dict (keys: {sorted(content)})")
+    try:
+        set_weights(model, content["weights"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the {description} built from config_train.json "
+            f"(saved by another version of the fedsm code or another config?): {error}"
+        ) from error
+    return {key: content.get(key) for key in ("metric", "round")}
+
+
+@dataclasses.dataclass
+class BestModels:
+    selector: nn.Module
+    global_model: nn.Module
+    personalized: dict[int, nn.Module]  # selector label -> that site's personalized model
+
+
+def load_best_models(setup: RunSetup, device: torch.device) -> BestModels:
+    """Build the architectures named in the run's config and load the best checkpoints into them."""
+    files = checkpoint_files(setup.models_dir, list(setup.labels))
+    check_checkpoints_exist(files, setup.models_dir)
+    config = setup.train_config
+    models: dict[str, nn.Module] = {
+        "global": build_unet(),
+        "selector": build_selector(config.selector, config.select_num_classes),
+        **{client: build_unet() for client in setup.labels},
+    }
+    for key, model in models.items():
+        if key == "selector":
+            description = f"'{config.selector}' selector with {config.select_num_classes} classes"
+        else:
+            description = "segmentation UNet"
+        info = load_weights_into(model, files[key], description)
+        logger.info("loaded %s (metric %s, round %s)", files[key].name, info["metric"], info["round"])
+        model.to(device).eval()
+    return BestModels(
+        selector=models["selector"],
+        global_model=models["global"],
+        personalized={label: models[client] for client, label in setup.labels.items()},
+    )
+
+
+def test_items(datalist_dir: Path, base_dir: Path, client: str) -> list[dict[str, str]]:
+    """The `testing` image/label pairs of a client (files checked readable)."""
+    items = load_datalist(datalist_file(datalist_dir, client), base_dir, splits=(TEST_SPLIT,))[TEST_SPLIT]
+    check_images_readable(items)
+    return items
+
+
+def evaluate_site(
+    items: list[dict[str, str]],
+    label: int,
+    models: BestModels,
+    setup: RunSetup,
+    threshold: float,
+    batch_size: int,
+    cache_rate: float,
+    device: torch.device,
+    description: str,
+) -> ImageResults:
+    if not items:
+        return ImageResults.empty()
+    config = setup.train_config
+    loader = make_loader(items, config.image_size, batch_size, shuffle=False, cache_rate=cache_rate,
+                         num_workers=config.num_workers, seed=config.seed)
+    parts = []
+    for batch in tqdm(loader, desc=description, unit="batch", leave=False, disable=None):
+        images, targets = batch["image"].to(device), batch["label"].to(device)
+        parts.append(evaluate_batch(images, targets, label, models.selector, models.global_model,
+                                    models.personalized, threshold))
+    return ImageResults.concat(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--models_dir", help="server app folder of the run (holds the best checkpoints and config/)")
+    where.add_argument("--workspace", help="simulator workspace (or POC / download folder) of the run; "
+                                           "its server app folder is found automatically")
+    parser.add_argument("--dataset_base_dir", default=None,
+                        help="root of the 2D PNG dataset (default: dataset_base_dir of the run's config_train.json)")
+    parser.add_argument("--datalist_json_path", default=None,
+                        help="folder of the client_<name>.json datalists (default: datalist_json_path of the run's config)")
+    parser.add_argument("--select_threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="use a site's personalized model when the selector's top probability exceeds this "
+                             f"(default {DEFAULT_THRESHOLD}; 1.0 = global model only)")
+    parser.add_argument("--cache_rate", type=float, default=0.0, help="share of test images cached in memory (default 0)")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="inference batch size (default: batch_size of the run's config; results do not depend on it)")
+    parser.add_argument("--output_json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.select_threshold <= 1.0:
+        parser.error(f"--select_threshold must be in [0, 1], got {args.select_threshold}")
+    if not 0.0 <= args.cache_rate <= 1.0:
+        parser.error(f"--cache_rate must be in [0, 1], got {args.cache_rate}")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate the run; prints the table and the final `Test Dice:` line; returns the results."""
+    models_dir = find_server_app(args.models_dir or args.workspace)
+    setup = load_run_setup(models_dir)
+    config = setup.train_config
+    base_dir = resolve_path(args.dataset_base_dir or config.dataset_base_dir, "dataset_base_dir")
+    datalist_dir = resolve_path(args.datalist_json_path or config.datalist_json_path, "datalist_json_path")
+    batch_size = args.batch_size or config.batch_size
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    logger.info("models: %s; sites (label): %s; device %s", models_dir,
+                ", ".join(f"{client} ({label})" for client, label in setup.labels.items()), device)
+    models = load_best_models(setup, device)
+    items = {client: test_items(datalist_dir, base_dir, client) for client in setup.labels}
+
+    per_site: dict[str, ImageResults] = {}
+    for client, label in setup.labels.items():
+        if not items[client]:
+            logger.warning("%s has no %s images in %s", client, TEST_SPLIT, datalist_file(datalist_dir, client))
+        per_site[client] = evaluate_site(items[client], label, models, setup, args.select_threshold, batch_size,
+                                         args.cache_rate, device, client)
+    rows = [summarize(client, results) for client, results in per_site.items()]
+    pooled = summarize("pooled", ImageResults.concat(list(per_site.values())))
+    if pooled.images == 0:
+        raise DataError(f"no {TEST_SPLIT} images in any datalist under {datalist_dir}")
+
+    print(f"FedSM super model, select_threshold {args.select_threshold:g}, models from {models_dir}")
+    print(format_table(rows, pooled))
+    results = {
+        "models_dir": str(models_dir),
+        "dataset_base_dir": str(base_dir),
+        "datalist_json_path": str(datalist_dir),
+        "select_threshold": args.select_threshold,
+        "sites": {row.site: row.as_json() for row in rows},
+        "pooled": pooled.as_json(),
+        "test_dice": pooled.super_dice,
+    }
+    if args.output_json:
+        write_text_atomic(Path(args.output_json).expanduser(), json.dumps(results, indent=2) + "\n")
+        logger.info("wrote %s", args.output_json)
+    print(f"Test Dice: {pooled.super_dice:.4f}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # MONAI's optional DICOM decoder plugin announces its absence on every image reader; irrelevant for PNGs.
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+    try:
+        return run(args)
+    except (FileNotFoundError, CheckpointError, DataError, ValueError) as error:
+        raise SystemExit(f"prostate_2d_test_only: error: {error}") from error
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,76 @@
+"""The FedSM job, end to end in the NVFlare simulator on tiny synthetic data."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import CLIENTS, REPO, client_app, make_job, run_simulator, server_app, tiny_overrides
+
+TAGS = {"val_metric_global_model", "val_metric_person_model", "val_metric_select_model", "train_loss",
+        "train_loss_personalized", "train_loss_selector"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    job = make_job(tmp, "job", tiny_overrides(tiny_data))
+    result = run_simulator(job, tmp / "ws")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return tmp / "ws", result.stdout + result.stderr
+
+
+def _scalars(app_dir):
+    accumulator = EventAccumulator(str(app_dir))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_best_checkpoints_exist_for_every_model_and_load_safely(finished_run):
+    workspace, _ = finished_run
+    app = server_app(workspace)
+    names = ["best_global_model.pt", "best_selector_model.pt"] + [f"best_personalized_model_{c}.pt" for c in CLIENTS]
+    for name in names:
+        content = torch.load(app / name, weights_only=True)
+        assert set(content) == {"weights", "metric", "round"}, name
+        assert 0 <= content["round"] <= 2
+
+
+def test_tensorboard_tags_per_client_end_on_the_final_models(finished_run):
+    workspace, _ = finished_run
+    for client in CLIENTS:
+        scalars = _scalars(client_app(workspace, client))
+        assert TAGS <= set(scalars), client
+        # rounds 0 and 1 validate the received models, step 2 the final models
+        assert [step for step, _ in scalars["val_metric_global_model"]] == [0, 1, 2]
+        assert [step for step, _ in scalars["train_loss"]] == [0, 1]
+        assert (client_app(workspace, client) / "personalized_best.pt").is_file()
+
+
+def test_final_state_has_distinct_personalized_models_and_float32_arrays(finished_run):
+    workspace, log = finished_run
+    state = torch.load(server_app(workspace) / "fedsm_state.pt", weights_only=True)
+    assert state["next_round"] == 2
+    personalized = [state["personalized"][c] for c in CLIENTS]
+    name = next(iter(personalized[0]))
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not torch.equal(personalized[i][name], personalized[j][name])
+    for part in ("global", "selector", "selector_moments"):
+        assert all(t.dtype == torch.float32 for t in state[part].values()), part
+    assert float(state["selector_moments"]["step"]) == 2.0
+    assert "Round 1 finished" in log and "rejected" not in log
+
+
+def test_test_only_evaluation_prints_dice_table(finished_run):
+    workspace, _ = finished_run
+    result = subprocess.run([sys.executable, "-m", "result_stat.prostate_2d_test_only", "--models_dir",
+                             f"{server_app(workspace)}/"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1].startswith("Test Dice: ") and 0.0 <= float(lines[-1].split()[-1]) <= 1.0
+    for client in CLIENTS:
+        assert any(client in line for line in lines), client
