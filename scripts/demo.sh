@@ -17,28 +17,27 @@ mkdir -p "$demo"
 echo "[demo] 1/4 synthetic data for I2CVB, MSD, NCI_ISBI_3T (+ an unseen site) -> $data"
 "$python" -m data_preparation.synthetic --output "$data" --cases-per-site 8 --seed 0 --with-unseen
 
-echo "[demo] 2/4 FedSM in the NVFlare simulator (CPU config: 96x96 images, light selector, 30 rounds)"
+echo "[demo] 2/4 FedSM in the NVFlare simulator (CPU config: 96x96 images, light selector, 40 rounds)"
 "$python" -m fedsm.job_config jobs/fedsm_prostate "$demo/job" \
-  --set server.num_rounds=30 --set train.image_size=96 --set train.selector=light \
+  --set server.num_rounds=40 --set train.image_size=96 --set train.selector=light \
   --set train.cache_dataset=1.0 >/dev/null
 rm -rf "$demo/workspace"
 "$nvflare" simulator "$demo/job" -w "$demo/workspace" -c "$clients" -t 3 > "$demo/simulator.log" 2>&1 &
 sim=$!
 trap 'kill $sim 2>/dev/null || true' EXIT
+last=""
 while kill -0 $sim 2>/dev/null; do
   sleep 10
-  grep -E "validation \(mean over clients\)|FedSM finished" "$demo/simulator.log" | tail -n 1 | sed 's/^.* - INFO - /[demo]   /' || true
+  line=$(grep -E "validation \(mean over clients\)" "$demo/simulator.log" | tail -n 1 | sed 's/^.* - INFO - /[demo]   /' || true)
+  [ "$line" = "$last" ] || echo "$line"
+  last=$line
 done
 wait $sim || { echo "[demo] the simulator failed; see $demo/simulator.log" >&2; exit 1; }
 trap - EXIT
 
-echo "[demo] 3/4 test-only evaluation"
-echo "[demo] super model (selector threshold 0.9):"
+echo "[demo] 3/4 test-only evaluation: super model (selector threshold 0.9) next to the global model alone"
 "$python" -m result_stat.prostate_2d_test_only --workspace "$demo/workspace" --select_threshold 0.9 \
-  --output_json "$demo/test_super_model.json"
-echo "[demo] global model only (threshold 1.0):"
-"$python" -m result_stat.prostate_2d_test_only --workspace "$demo/workspace" --select_threshold 1.0 \
-  --output_json "$demo/test_global_model.json"
+  --output_json "$demo/test_results.json" 2>"$demo/test_only.log"
 
 echo "[demo] 4/4 validation curves"
 "$python" -m result_stat.plot_tensorboard_events --workspace "$demo/workspace" --output "$demo/fedsm_validation_curves.png"

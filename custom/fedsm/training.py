@@ -74,11 +74,14 @@ def validate_segmentation(model: nn.Module, loader: Iterable, device: torch.devi
 
 
 @torch.no_grad()
-def validate_selector(model: nn.Module, loader: Iterable, label: int, device: torch.device) -> float:
-    """Share of the images of `loader` that the selector assigns to `label`."""
+def validate_selector(model: nn.Module, loader: Iterable, label: int, device: torch.device) -> tuple[float, float]:
+    """Accuracy (share of the images of `loader` assigned to `label`) and confidence (mean softmax
+    probability of `label`, which the super model's threshold acts on)."""
     model.eval()
-    hits, count = 0, 0
+    hits, confidence, count = 0, 0.0, 0
     for images, _ in _batches(loader, device):
-        hits += (model(images).argmax(dim=1) == label).sum().item()
+        logits = model(images)
+        hits += (logits.argmax(dim=1) == label).sum().item()
+        confidence += torch.softmax(logits, dim=1)[:, label].sum().item()
         count += images.shape[0]
-    return hits / count if count else float("nan")
+    return (hits / count, confidence / count) if count else (float("nan"), float("nan"))

@@ -24,3 +24,16 @@ def test_nan_metric_never_becomes_best():
     best = {}
     assert improved_models({"a": _metrics(float("nan"), float("nan"), float("nan"))}, {"a": 2}, best) == []
     assert math.isnan(mean_metric({}, {}, "val_metric_global_model"))
+
+
+def test_selector_accuracy_tie_goes_to_the_more_confident_selector():
+    best = {}
+    sizes = {"a": 1}
+
+    def selector(acc, conf):
+        return {"a": {**_metrics(0.1, acc, 0.1), "val_confidence_select_model": conf}}
+
+    improved_models(selector(1.0, 0.6), sizes, best)
+    assert ("selector", None, 1.0) in improved_models(selector(1.0, 0.9), sizes, best)
+    assert all(m != "selector" for m, _, _ in improved_models(selector(1.0, 0.8), sizes, best))
+    assert all(m != "selector" for m, _, _ in improved_models(selector(0.9, 0.99), sizes, best))

@@ -7,6 +7,7 @@ import numpy as np
 GLOBAL_METRIC = "val_metric_global_model"
 PERSONALIZED_METRIC = "val_metric_person_model"
 SELECTOR_METRIC = "val_metric_select_model"
+SELECTOR_CONFIDENCE = "val_confidence_select_model"
 
 
 def mean_metric(metrics: Mapping[str, Mapping[str, float]], sizes: Mapping[str, int], name: str) -> float:
@@ -18,13 +19,23 @@ def mean_metric(metrics: Mapping[str, Mapping[str, float]], sizes: Mapping[str, 
     return float(np.average(values, weights=weights))
 
 
-def improves(best_metrics: dict[str, float], key: str, value: float) -> bool:
-    """True (and records it) when `value` beats the best so far under `key`; NaN never improves."""
+def improves(best_metrics: dict[str, float], key: str, value: float, tie_break: float | None = None) -> bool:
+    """True (and records it) when `value` beats the best so far under `key`; NaN never improves.
+
+    With `tie_break`, an equal `value` improves when `tie_break` beats the one recorded with the best
+    (kept under `key + "/tie_break"`).
+    """
     if not np.isfinite(value):
         return False
-    if key in best_metrics and value <= best_metrics[key]:
-        return False
+    tie_key = f"{key}/tie_break"
+    if key in best_metrics:
+        if value < best_metrics[key]:
+            return False
+        if value == best_metrics[key] and (tie_break is None or not tie_break > best_metrics.get(tie_key, -np.inf)):
+            return False
     best_metrics[key] = float(value)
+    if tie_break is not None:
+        best_metrics[tie_key] = float(tie_break)
     return True
 
 
@@ -33,12 +44,15 @@ def improved_models(
 ) -> list[tuple[str, str | None, float]]:
     """The models whose validation improved this round, as `(model, client or None, metric)`, and
     record the new bests in `best_metrics`. Global and selector use the size-weighted mean over
-    clients; each client's personalized model uses that client's own Dice."""
+    clients; each client's personalized model uses that client's own Dice. Selector accuracy ties
+    (frequent once it reaches 100%) go to the more confident selector."""
     improved = []
-    for model, name in (("global", GLOBAL_METRIC), ("selector", SELECTOR_METRIC)):
-        value = mean_metric(metrics, sizes, name)
-        if improves(best_metrics, model, value):
-            improved.append((model, None, value))
+    value = mean_metric(metrics, sizes, GLOBAL_METRIC)
+    if improves(best_metrics, "global", value):
+        improved.append(("global", None, value))
+    value = mean_metric(metrics, sizes, SELECTOR_METRIC)
+    if improves(best_metrics, "selector", value, tie_break=mean_metric(metrics, sizes, SELECTOR_CONFIDENCE)):
+        improved.append(("selector", None, value))
     for client, client_metrics in sorted(metrics.items()):
         value = client_metrics.get(PERSONALIZED_METRIC, float("nan"))
         if improves(best_metrics, f"personalized/{client}", value):

@@ -129,10 +129,12 @@ class FedSMLearner(Executor):
         return pack(update, {**reply_meta, Meta.WEIGHT: steps})
 
     def _validate(self, round_number: int, label: int, fl_ctx: FLContext) -> dict[str, float]:
+        accuracy, confidence = validate_selector(self.models["selector"], self.val_loader, label, self.device)
         metrics = {
             "val_metric_global_model": validate_segmentation(self.models["global"], self.val_loader, self.device),
             "val_metric_person_model": validate_segmentation(self.models["personalized"], self.val_loader, self.device),
-            "val_metric_select_model": validate_selector(self.models["selector"], self.val_loader, label, self.device),
+            "val_metric_select_model": accuracy,
+            "val_confidence_select_model": confidence,
         }
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, round_number)
