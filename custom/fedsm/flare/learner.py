@@ -1,6 +1,7 @@
 """FedSM client: validates the received models, then trains global, personalized and selector models."""
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -114,16 +115,20 @@ class FedSMLearner(Executor):
         self.train_loader.generator.manual_seed(self.config.seed + round_number)
         for kind in ("global", "personalized", "selector"):
             set_weights(self.models[kind], received[kind])
+        started = time.monotonic()
         metrics = self._validate(round_number, label, fl_ctx)
+        seconds = {"validate": time.monotonic() - started}
         reply_meta = {Meta.ROUND: round_number, Meta.LABEL: label, Meta.METRICS: metrics,
-                      Meta.NUM_VAL: self.num_validation}
+                      Meta.NUM_VAL: self.num_validation, Meta.SECONDS: seconds}
         if task_name == self.validate_task_name:
             return pack({}, reply_meta)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
+        started = time.monotonic()
         update, steps = self._train(round_number, label, received["selector_moments"], fl_ctx)
         update["global"] = weight_difference(update["global"], received["global"])
         update["selector"] = weight_difference(update["selector"], received["selector"])
+        seconds["train"] = time.monotonic() - started
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         return pack(update, {**reply_meta, Meta.WEIGHT: steps})

@@ -16,7 +16,7 @@ from nvflare.apis.shareable import Shareable
 from ..core.round_aggregation import UPDATE_PARTS
 
 TASK_PARTS = ("global", "personalized", "selector", "selector_moments")
-__all__ = ["TASK_PARTS", "UPDATE_PARTS", "Meta", "pack", "unpack"]
+__all__ = ["TASK_PARTS", "UPDATE_PARTS", "Meta", "pack", "payload_bytes", "unpack"]
 
 
 class Meta:
@@ -27,6 +27,12 @@ class Meta:
     WEIGHT = "fedsm_aggregation_weight"
     METRICS = "fedsm_val_metrics"
     NUM_VAL = "fedsm_num_validation_images"
+    SECONDS = "fedsm_seconds"  # {"validate": s, "train": s} spent by the client
+
+
+def payload_bytes(parts: Mapping[str, Mapping[str, np.ndarray]]) -> int:
+    """Bytes of all arrays in the weight dicts `parts` (what dominates a message's size)."""
+    return sum(np.asarray(array).nbytes for weights in parts.values() for array in weights.values())
 
 
 def pack(parts: Mapping[str, Mapping[str, np.ndarray]], meta: dict) -> Shareable:

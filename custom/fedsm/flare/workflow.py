@@ -5,6 +5,7 @@ import threading
 import time
 
 from nvflare.apis.client import Client
+from nvflare.apis.dxo import from_shareable
 from nvflare.apis.controller_spec import ClientTask, Task
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
@@ -16,7 +17,7 @@ from ..core.best_models import improved_models, mean_metric, GLOBAL_METRIC, SELE
 from ..core.model_set import ModelSet
 from .aggregator import FedSMAggregator
 from .persistor import FedSMModelPersistor
-from .wire import Meta, pack, unpack
+from .wire import Meta, pack, payload_bytes, unpack
 
 
 def check_label_mapping(mapping: dict, num_classes: int) -> dict[str, int]:
@@ -70,6 +71,9 @@ class FedSMController(Controller):
         self._lock = threading.Lock()
         self._metrics: dict[str, dict[str, float]] = {}
         self._sizes: dict[str, int] = {}
+        self._client_seconds: dict[str, dict[str, float]] = {}
+        self._bytes_up: dict[str, int] = {}
+        self._bytes_down: dict[str, int] = {}
 
     def start_controller(self, fl_ctx: FLContext):
         self.aggregator = self._engine.get_component(self.aggregator_id)
@@ -103,6 +107,7 @@ class FedSMController(Controller):
             self._run_tasks(self.train_task_name, models, clients, abort_signal, fl_ctx)
             if abort_signal.triggered:
                 return
+            results_in = time.monotonic()
             self._track_best(models, round_number, fl_ctx)
             contributors = self.aggregator.contributors
             if len(contributors) < self.min_clients:
@@ -111,14 +116,29 @@ class FedSMController(Controller):
                 return
             models = self.aggregator.aggregate(fl_ctx)
             self.persistor.save(models, fl_ctx)
-            self.log_info(fl_ctx, f"Round {round_number} finished in {time.monotonic() - started:.1f} s; "
+            finished = time.monotonic()
+            self.log_info(fl_ctx, f"Round {round_number} finished in {finished - started:.1f} s; "
                                   f"aggregated {sorted(contributors)}.")
+            self._log_round_cost(round_number, finished - started, finished - results_in, fl_ctx)
         if self.validate_final_models:
             self._run_tasks(self.validate_task_name, models, clients, abort_signal, fl_ctx)
             if not abort_signal.triggered:
                 self._track_best(models, models.next_round, fl_ctx)
                 self.persistor.save(models, fl_ctx)
         self.log_info(fl_ctx, "FedSM finished.")
+
+    def _log_round_cost(self, round_number: int, wall: float, aggregate_persist: float, fl_ctx: FLContext) -> None:
+        """One parsable line: where the round's time went and the bytes moved per client (benchmarks read it)."""
+        slowest = max(self._client_seconds.values(), key=lambda s: s.get("validate", 0) + s.get("train", 0),
+                      default={})
+        validate, train = slowest.get("validate", 0.0), slowest.get("train", 0.0)
+        mb = 1024 * 1024
+        down = max(self._bytes_down.values(), default=0) / mb
+        up = max(self._bytes_up.values(), default=0) / mb
+        self.log_info(fl_ctx, f"Round {round_number} cost: wall {wall:.2f} s, slowest client validate {validate:.2f} s "
+                              f"train {train:.2f} s, aggregate+persist {aggregate_persist:.2f} s, communicate "
+                              f"{max(wall - validate - train - aggregate_persist, 0.0):.2f} s; per client "
+                              f"down {down:.1f} MB up {up:.1f} MB")
 
     def _participants(self, fl_ctx: FLContext) -> list[str] | None:
         connected = sorted(client.name for client in self._engine.get_clients())
@@ -134,15 +154,14 @@ class FedSMController(Controller):
 
     def _run_tasks(self, task_name: str, models: ModelSet, clients: list[str], abort_signal: Signal,
                    fl_ctx: FLContext) -> None:
-        self._metrics, self._sizes = {}, {}
+        self._metrics, self._sizes, self._client_seconds, self._bytes_up = {}, {}, {}, {}
         tasks = []
         for client in clients:
-            data = pack(
-                {"global": models.global_model, "personalized": models.personalized[client],
-                 "selector": models.selector, "selector_moments": models.selector_moments},
-                {Meta.ROUND: models.next_round, Meta.NUM_ROUNDS: self.num_rounds, Meta.LABEL: self.labels[client],
-                 Meta.NUM_CLIENTS: len(clients)},
-            )
+            parts = {"global": models.global_model, "personalized": models.personalized[client],
+                     "selector": models.selector, "selector_moments": models.selector_moments}
+            self._bytes_down[client] = payload_bytes(parts)
+            data = pack(parts, {Meta.ROUND: models.next_round, Meta.NUM_ROUNDS: self.num_rounds,
+                                Meta.LABEL: self.labels[client], Meta.NUM_CLIENTS: len(clients)})
             task = Task(name=task_name, data=data, timeout=self.train_timeout, result_received_cb=self._on_result)
             if self.parallel_tasks:
                 self.broadcast(task, fl_ctx, targets=[client], min_responses=1)
@@ -169,6 +188,8 @@ class FedSMController(Controller):
                 _, meta = unpack(result, ())
                 self._metrics[client] = {k: float(v) for k, v in meta[Meta.METRICS].items()}
                 self._sizes[client] = int(meta[Meta.NUM_VAL])
+                self._client_seconds[client] = dict(meta.get(Meta.SECONDS, {}))
+                self._bytes_up[client] = payload_bytes(from_shareable(result).data)
             except (ValueError, KeyError, TypeError, AttributeError) as error:
                 self.log_warning(fl_ctx, f"{client} sent no validation metrics: {error}")
             if client_task.task.name == self.train_task_name:

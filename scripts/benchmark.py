@@ -1,0 +1,102 @@
+"""Benchmark N rounds of a FedSM job config in the NVFlare simulator.
+
+Prints, per round, the wall time split into train / validate (slowest client) / communicate /
+aggregate+persist, the MB per client moved down and up, and the peak total RSS of the whole
+simulator process tree (server and client processes), sampled every 0.2 s.
+
+    python scripts/benchmark.py --rounds 3 --set train.image_size=256 --set train.selector=vgg11
+"""
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from fedsm.job_config import derive_job, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
+COST_LINE = re.compile(
+    r"Round (?P<round>\d+) cost: wall (?P<wall>[\d.]+) s, slowest client validate (?P<validate>[\d.]+) s "
+    r"train (?P<train>[\d.]+) s, aggregate\+persist (?P<aggregate>[\d.]+) s, communicate (?P<communicate>[\d.]+) s; "
+    r"per client down (?P<down>[\d.]+) MB up (?P<up>[\d.]+) MB"
+)
+
+
+def round_costs(log: str) -> list[dict[str, float]]:
+    """The `Round N cost:` lines of a server log, as dicts of numbers."""
+    return [{k: float(v) for k, v in m.groupdict().items()} for m in COST_LINE.finditer(log)]
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_and_sample(command: list[str], log_file: Path, period: float = 0.2) -> tuple[int, int]:
+    """Run `command` (output to `log_file`); returns (exit code, peak total RSS of its process tree)."""
+    with open(log_file, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        handle, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            try:
+                peak = max(peak, tree_rss(handle))
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(period)
+    return process.returncode, peak
+
+
+def format_report(costs: list[dict[str, float]], peak_rss: int) -> str:
+    gib = 1024**3
+    header = f"{'round':>5} {'wall s':>8} {'train s':>8} {'valid. s':>8} {'comm. s':>8} {'agg+pers s':>10} " \
+             f"{'down MB':>9} {'up MB':>9} {'overhead':>8}"
+    lines = [header, "-" * len(header)]
+    for c in costs:
+        overhead = (c["communicate"] + c["aggregate"]) / c["wall"] if c["wall"] else 0.0
+        lines.append(f"{int(c['round']):>5} {c['wall']:>8.2f} {c['train']:>8.2f} {c['validate']:>8.2f} "
+                     f"{c['communicate']:>8.2f} {c['aggregate']:>10.2f} {c['down']:>9.1f} {c['up']:>9.1f} "
+                     f"{overhead:>8.1%}")
+    lines.append(f"peak total RSS of the process tree: {peak_rss / gib:.2f} GiB")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", default=str(REPO / "jobs" / "fedsm_prostate"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", default="client_I2CVB,client_MSD,client_NCI_ISBI_3T")
+    parser.add_argument("--workdir", default=None, help="folder for the derived job, workspace and log")
+    parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
+                        metavar="SECTION.KEY=VALUE", help="job setting, as in `python -m fedsm.job_config`")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedsm_bench_"))
+    job = derive_job(args.job, workdir / "job", {**dict(args.overrides), "server.num_rounds": args.rounds})
+    clients = args.clients.split(",")
+    nvflare = str(Path(sys.executable).with_name("nvflare"))
+    command = [nvflare, "simulator", str(job), "-w", str(workdir / "workspace"), "-c", args.clients,
+               "-t", str(len(clients))]
+    print(f"running {args.rounds} rounds: {' '.join(command)}", flush=True)
+    code, peak = run_and_sample(command, workdir / "simulator.log")
+    costs = round_costs((workdir / "simulator.log").read_text())
+    print(format_report(costs, peak))
+    print(f"log: {workdir / 'simulator.log'}")
+    if code != 0 or len(costs) != args.rounds:
+        print(f"simulator exit code {code}, {len(costs)} of {args.rounds} rounds reported", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
