@@ -9,6 +9,7 @@ simulator process tree (server and client processes), sampled every 0.2 s.
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedsm_bench_"))
     job = derive_job(args.job, workdir / "job", {**dict(args.overrides), "server.num_rounds": args.rounds})
     clients = args.clients.split(",")
-    nvflare = str(Path(sys.executable).with_name("nvflare"))
+    beside_python = Path(sys.executable).with_name("nvflare")
+    nvflare = str(beside_python) if beside_python.exists() else shutil.which("nvflare")
     command = [nvflare, "simulator", str(job), "-w", str(workdir / "workspace"), "-c", args.clients,
                "-t", str(len(clients))]
     print(f"running {args.rounds} rounds: {' '.join(command)}", flush=True)
