@@ -34,32 +34,35 @@ def round_costs(log: str) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in m.groupdict().items()} for m in COST_LINE.finditer(log)]
 
 
-def tree_rss(process: psutil.Process) -> int:
-    """Resident memory of a process and all its descendants, in bytes."""
-    total = 0
+def tree_rss(process: psutil.Process) -> dict[int, int]:
+    """Resident memory (bytes) of a process and each of its descendants, by pid."""
+    sizes = {}
     for member in [process, *process.children(recursive=True)]:
         try:
-            total += member.memory_info().rss
+            sizes[member.pid] = member.memory_info().rss
         except psutil.Error:
             pass
-    return total
+    return sizes
 
 
-def run_and_sample(command: list[str], log_file: Path, period: float = 0.2) -> tuple[int, int]:
-    """Run `command` (output to `log_file`); returns (exit code, peak total RSS of its process tree)."""
+def run_and_sample(command: list[str], log_file: Path, period: float = 0.2) -> tuple[int, int, int]:
+    """Run `command` (output to `log_file`); returns (exit code, peak total RSS of its process tree,
+    peak RSS of its largest single process)."""
     with open(log_file, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        handle, peak = psutil.Process(process.pid), 0
+        handle, peak_total, peak_single = psutil.Process(process.pid), 0, 0
         while process.poll() is None:
             try:
-                peak = max(peak, tree_rss(handle))
+                sizes = tree_rss(handle)
             except psutil.NoSuchProcess:
                 break
+            peak_total = max(peak_total, sum(sizes.values()))
+            peak_single = max(peak_single, max(sizes.values(), default=0))
             time.sleep(period)
-    return process.returncode, peak
+    return process.returncode, peak_total, peak_single
 
 
-def format_report(costs: list[dict[str, float]], peak_rss: int) -> str:
+def format_report(costs: list[dict[str, float]], peak_rss: int, peak_single: int) -> str:
     gib = 1024**3
     header = f"{'round':>5} {'wall s':>8} {'train s':>8} {'valid. s':>8} {'comm. s':>8} {'agg+pers s':>10} " \
              f"{'down MB':>9} {'up MB':>9} {'overhead':>8}"
@@ -69,7 +72,8 @@ def format_report(costs: list[dict[str, float]], peak_rss: int) -> str:
         lines.append(f"{int(c['round']):>5} {c['wall']:>8.2f} {c['train']:>8.2f} {c['validate']:>8.2f} "
                      f"{c['communicate']:>8.2f} {c['aggregate']:>10.2f} {c['down']:>9.1f} {c['up']:>9.1f} "
                      f"{overhead:>8.1%}")
-    lines.append(f"peak total RSS of the process tree: {peak_rss / gib:.2f} GiB")
+    lines.append(f"peak total RSS of the process tree: {peak_rss / gib:.2f} GiB "
+                 f"(largest single process: {peak_single / gib:.2f} GiB)")
     return "\n".join(lines)
 
 
@@ -90,9 +94,9 @@ def main(argv=None) -> int:
     command = [nvflare, "simulator", str(job), "-w", str(workdir / "workspace"), "-c", args.clients,
                "-t", str(len(clients))]
     print(f"running {args.rounds} rounds: {' '.join(command)}", flush=True)
-    code, peak = run_and_sample(command, workdir / "simulator.log")
+    code, peak, peak_single = run_and_sample(command, workdir / "simulator.log")
     costs = round_costs((workdir / "simulator.log").read_text())
-    print(format_report(costs, peak))
+    print(format_report(costs, peak, peak_single))
     print(f"log: {workdir / 'simulator.log'}")
     if code != 0 or len(costs) != args.rounds:
         print(f"simulator exit code {code}, {len(costs)} of {args.rounds} rounds reported", file=sys.stderr)

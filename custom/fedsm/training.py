@@ -61,6 +61,7 @@ def train_selector_full_batch(
             if param.grad is not None:
                 param.grad /= n_images
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # the selector's gradients can be large (VGG11: 0.5 GB)
         count += n_images
     return total / count
 

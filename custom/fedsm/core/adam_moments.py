@@ -64,7 +64,7 @@ def load_adam_moments(
             value = np.asarray(moments[moment_key(kind, name)])
             if value.shape != tuple(param.shape):
                 raise ValueError(f"Adam {kind} of '{name}' has shape {value.shape}, parameter has {tuple(param.shape)}")
-            state[kind] = torch.as_tensor(value, dtype=param.dtype, device=param.device).clone()
+            state[kind] = torch.tensor(value, dtype=param.dtype, device=param.device)
         optimizer.state[param] = state
 
 

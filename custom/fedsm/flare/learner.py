@@ -125,7 +125,9 @@ class FedSMLearner(Executor):
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         started = time.monotonic()
-        update, steps = self._train(round_number, label, received["selector_moments"], fl_ctx)
+        selector = self.models["selector"]
+        load_adam_moments(self.optimizers["selector"], selector.named_parameters(), received.pop("selector_moments"))
+        update, steps = self._train(round_number, label, fl_ctx)
         update["global"] = weight_difference(update["global"], received["global"])
         update["selector"] = weight_difference(update["selector"], received["selector"])
         seconds["train"] = time.monotonic() - started
@@ -153,14 +155,13 @@ class FedSMLearner(Executor):
                       ", ".join(f"{tag} {value:.4f}" for tag, value in metrics.items()))
         return metrics
 
-    def _train(self, round_number: int, label: int, moments, fl_ctx: FLContext):
+    def _train(self, round_number: int, label: int, fl_ctx: FLContext):
         epochs = self.config.local_epochs
         loss_global, steps = train_segmentation(self.models["global"], self.optimizers["global"], self.train_loader,
                                                 epochs, self.device)
         loss_personalized, _ = train_segmentation(self.models["personalized"], self.optimizers["personalized"],
                                                   self.train_loader, epochs, self.device)
         selector = self.models["selector"]
-        load_adam_moments(self.optimizers["selector"], selector.named_parameters(), moments)
         loss_selector = train_selector_full_batch(selector, self.optimizers["selector"], self.train_loader, label,
                                                   self.config.selector_local_epochs, self.device)
         losses = {"train_loss": loss_global, "train_loss_personalized": loss_personalized,

@@ -41,11 +41,14 @@ def pack(parts: Mapping[str, Mapping[str, np.ndarray]], meta: dict) -> Shareable
 
 
 def unpack(shareable: Shareable, expected_parts) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
-    """The weight dicts and meta of a Shareable made by `pack`; raises ValueError when parts are missing."""
+    """The weight dicts and meta of a Shareable made by `pack`; raises ValueError when parts are missing.
+
+    The returned dict is the Shareable's own: popping a part from it releases that part's memory.
+    """
     dxo = from_shareable(shareable)
     if dxo.data_kind != DataKind.COLLECTION:
         raise ValueError(f"expected a FedSM collection, got data kind {dxo.data_kind}")
     missing = [part for part in expected_parts if not isinstance(dxo.data.get(part), dict)]
     if missing:
         raise ValueError(f"FedSM message lacks {missing}")
-    return {part: dxo.data[part] for part in expected_parts}, dict(dxo.meta)
+    return dxo.data, dict(dxo.meta)

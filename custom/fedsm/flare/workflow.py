@@ -6,7 +6,7 @@ import time
 
 from nvflare.apis.client import Client
 from nvflare.apis.dxo import from_shareable
-from nvflare.apis.controller_spec import ClientTask, Task
+from nvflare.apis.controller_spec import ClientTask, SendOrder, Task
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.impl.controller import Controller
@@ -163,11 +163,12 @@ class FedSMController(Controller):
             data = pack(parts, {Meta.ROUND: models.next_round, Meta.NUM_ROUNDS: self.num_rounds,
                                 Meta.LABEL: self.labels[client], Meta.NUM_CLIENTS: len(clients)})
             task = Task(name=task_name, data=data, timeout=self.train_timeout, result_received_cb=self._on_result)
+            # `send` shares the model arrays with the task; `broadcast` would deep-copy them per task
             if self.parallel_tasks:
-                self.broadcast(task, fl_ctx, targets=[client], min_responses=1)
+                self.send(task, fl_ctx, targets=[client], send_order=SendOrder.ANY)
                 tasks.append(task)
             else:
-                self.broadcast_and_wait(task, fl_ctx, targets=[client], min_responses=1, abort_signal=abort_signal)
+                self.send_and_wait(task, fl_ctx, targets=[client], send_order=SendOrder.ANY, abort_signal=abort_signal)
         while any(task.completion_status is None for task in tasks):
             if abort_signal.triggered:
                 self.cancel_all_tasks(fl_ctx=fl_ctx)

@@ -27,5 +27,9 @@ def set_weights(model: torch.nn.Module, weights: Mapping[str, np.ndarray]) -> No
 
 
 def weight_difference(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`new - old`, name by name, in each array's dtype."""
-    return {name: np.subtract(array, old[name], dtype=array.dtype) for name, array in new.items()}
+    """`new - old`, name by name, in each array's dtype; written into `old`'s buffers where they are
+    writable (the old weights are not needed afterwards), so no memory is allocated for them."""
+    return {
+        name: np.subtract(array, old[name], out=old[name] if old[name].flags.writeable else None, dtype=array.dtype)
+        for name, array in new.items()
+    }
