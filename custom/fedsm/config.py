@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .core.selector_update import SELECTOR_TRAINING
 from .models.networks import SELECTORS
 
 
@@ -22,6 +23,7 @@ class TrainConfig:
     batch_size: int = 1
     image_size: int = 256
     selector: str = "vgg11"
+    selector_training: str = "client_adam"
     select_num_classes: int = 3
     cache_dataset: float = 0.0
     num_workers: int = 0
@@ -62,6 +64,11 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{source}: '{name}' must be > 0, got {getattr(self, name)}")
+        if self.selector_training not in SELECTOR_TRAINING:
+            raise ValueError(f"{source}: 'selector_training' must be one of {SELECTOR_TRAINING}, "
+                             f"got '{self.selector_training}'")
+        if self.selector_training == "server_adam" and self.selector_local_epochs != 1:
+            raise ValueError(f"{source}: 'server_adam' takes one server step per round; set 'selector_local_epochs' to 1")
         if self.selector not in SELECTORS:
             raise ValueError(f"{source}: 'selector' must be one of {SELECTORS}, got '{self.selector}'")
         if not 0.0 <= self.cache_dataset <= 1.0:

@@ -32,6 +32,27 @@ def train_segmentation(
     return total / max(steps, 1), steps
 
 
+def selector_full_batch_gradient(model: nn.Module, loader: Iterable, label: int, device: torch.device) -> float:
+    """Leave in `model`'s `.grad` the mean cross-entropy gradient over all images of `loader` (every
+    image carries this site's `label`); returns the mean loss."""
+    loss_function = nn.CrossEntropyLoss(reduction="sum")
+    model.train()
+    model.zero_grad(set_to_none=True)
+    total, count = 0.0, 0
+    for images, _ in _batches(loader, device):
+        targets = torch.full((images.shape[0],), label, dtype=torch.long, device=device)
+        loss = loss_function(model(images), targets)
+        loss.backward()
+        total += loss.item()
+        count += images.shape[0]
+    if count == 0:
+        raise ValueError("the selector has no training images")
+    for param in model.parameters():
+        if param.grad is not None:
+            param.grad /= count
+    return total / count
+
+
 def train_selector_full_batch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -40,30 +61,14 @@ def train_selector_full_batch(
     epochs: int,
     device: torch.device,
 ) -> float:
-    """Full-batch selector training: per epoch, the mean cross-entropy gradient over all local batches
-    (every image carries this site's `label`), then one optimizer step. Returns the mean loss."""
-    loss_function = nn.CrossEntropyLoss(reduction="sum")
-    model.train()
-    total, count = 0.0, 0
+    """Full-batch selector training: per epoch, the full-batch gradient, then one optimizer step.
+    Returns the mean loss."""
+    losses = []
     for _ in range(epochs):
-        optimizer.zero_grad(set_to_none=True)
-        batches = []
-        for images, _ in _batches(loader, device):
-            targets = torch.full((images.shape[0],), label, dtype=torch.long, device=device)
-            loss = loss_function(model(images), targets)
-            loss.backward()
-            batches.append(images.shape[0])
-            total += loss.item()
-        n_images = sum(batches)
-        if n_images == 0:
-            raise ValueError("the selector has no training images")
-        for param in model.parameters():
-            if param.grad is not None:
-                param.grad /= n_images
+        losses.append(selector_full_batch_gradient(model, loader, label, device))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # the selector's gradients can be large (VGG11: 0.5 GB)
-        count += n_images
-    return total / count
+    return sum(losses) / len(losses)
 
 
 @torch.no_grad()

@@ -74,3 +74,13 @@ def test_test_only_evaluation_prints_dice_table(finished_run):
     assert lines[-1].startswith("Test Dice: ") and 0.0 <= float(lines[-1].split()[-1]) <= 1.0
     for client in CLIENTS:
         assert any(client in line for line in lines), client
+
+
+def test_server_adam_selector_training_runs_and_moves_fewer_bytes(tiny_data, tmp_path):
+    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"train.selector_training": "server_adam"}))
+    result = run_simulator(job, tmp_path / "ws")
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "rejected" not in log
+    state = torch.load(server_app(tmp_path / "ws") / "fedsm_state.pt", weights_only=True)
+    assert float(state["selector_moments"]["step"]) == 2.0
+    assert all(torch.isfinite(t).all() for t in state["selector"].values())

@@ -8,7 +8,7 @@ from nvflare.apis.shareable import Shareable
 
 from ..core.model_set import ModelSet
 from ..core.round_aggregation import RoundAggregator
-from .wire import UPDATE_PARTS, Meta, unpack
+from .wire import Meta, unpack
 
 
 class FedSMAggregator(FLComponent):
@@ -21,13 +21,14 @@ class FedSMAggregator(FLComponent):
         self.soft_pull_lambda = soft_pull_lambda
         self._round: RoundAggregator | None = None
 
-    def start_round(self, current: ModelSet, labels: Mapping[str, int]) -> None:
-        self._round = RoundAggregator(current, labels, self.soft_pull_lambda)
+    def start_round(self, current: ModelSet, labels: Mapping[str, int], selector_training: str,
+                    selector_lr: float) -> None:
+        self._round = RoundAggregator(current, labels, self.soft_pull_lambda, selector_training, selector_lr)
 
     def accept(self, client: str, result: Shareable, fl_ctx: FLContext) -> bool:
         """Add one client's update; a rejected update is logged with its reason and left out."""
         try:
-            update, meta = unpack(result, UPDATE_PARTS)
+            update, meta = unpack(result, self._round.update_parts)
             label, weight = int(meta[Meta.LABEL]), float(meta[Meta.WEIGHT])
         except (ValueError, KeyError, TypeError) as error:
             reason = f"malformed update: {error}"

@@ -21,7 +21,8 @@ from ..data.loading import make_loader
 from ..io.checkpoint import save_checkpoint
 from ..models.networks import build_models
 from ..models.weights import get_weights, set_weights, weight_difference
-from ..training import train_segmentation, train_selector_full_batch, validate_segmentation, validate_selector
+from ..training import (selector_full_batch_gradient, train_segmentation, train_selector_full_batch,
+                        validate_segmentation, validate_selector)
 from .wire import TASK_PARTS, Meta, pack, unpack
 
 SIMULATOR_JOB_ID = "simulate_job"
@@ -53,14 +54,17 @@ class FedSMLearner(Executor):
         self.train_task_name = train_task_name
         self.validate_task_name = validate_task_name
         self.ready = False
+        self.start_error = "the FedSM learner was not started"
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
             try:
                 self._initialize(fl_ctx)
             except Exception as error:
-                self.log_error(fl_ctx, f"FedSM client cannot start: {error}")
-                self.system_panic(f"FedSM client cannot start: {error}", fl_ctx)
+                # no system_panic: a client that stops leaves the server waiting for its results;
+                # it answers every task with this reason instead, and the server ends the run
+                self.start_error = f"{fl_ctx.get_identity_name()} cannot start: {error}"
+                self.log_error(fl_ctx, self.start_error)
         elif event_type == EventType.END_RUN and self.ready:
             self.writer.close()
 
@@ -100,7 +104,9 @@ class FedSMLearner(Executor):
         if task_name not in (self.train_task_name, self.validate_task_name):
             return make_reply(ReturnCode.TASK_UNKNOWN)
         if not self.ready:
-            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply.set_header(Meta.START_ERROR, self.start_error)
+            return reply
         try:
             received, meta = unpack(shareable, TASK_PARTS)
         except ValueError as error:
@@ -125,11 +131,10 @@ class FedSMLearner(Executor):
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         started = time.monotonic()
-        selector = self.models["selector"]
-        load_adam_moments(self.optimizers["selector"], selector.named_parameters(), received.pop("selector_moments"))
-        update, steps = self._train(round_number, label, fl_ctx)
+        update, steps = self._train(round_number, label, received, fl_ctx)
         update["global"] = weight_difference(update["global"], received["global"])
-        update["selector"] = weight_difference(update["selector"], received["selector"])
+        if "selector" in update:
+            update["selector"] = weight_difference(update["selector"], received["selector"])
         seconds["train"] = time.monotonic() - started
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
@@ -155,15 +160,27 @@ class FedSMLearner(Executor):
                       ", ".join(f"{tag} {value:.4f}" for tag, value in metrics.items()))
         return metrics
 
-    def _train(self, round_number: int, label: int, fl_ctx: FLContext):
+    def _train(self, round_number: int, label: int, received: dict, fl_ctx: FLContext):
         epochs = self.config.local_epochs
         loss_global, steps = train_segmentation(self.models["global"], self.optimizers["global"], self.train_loader,
                                                 epochs, self.device)
         loss_personalized, _ = train_segmentation(self.models["personalized"], self.optimizers["personalized"],
                                                   self.train_loader, epochs, self.device)
         selector = self.models["selector"]
-        loss_selector = train_selector_full_batch(selector, self.optimizers["selector"], self.train_loader, label,
-                                                  self.config.selector_local_epochs, self.device)
+        if self.config.selector_training == "server_adam":
+            loss_selector = selector_full_batch_gradient(selector, self.train_loader, label, self.device)
+            selector_update = {"selector_gradient": {name: param.grad.detach().cpu().numpy()
+                                                     for name, param in selector.named_parameters()}}
+        else:
+            # popped from the received message, so its memory is released once loaded
+            load_adam_moments(self.optimizers["selector"], selector.named_parameters(),
+                              received.pop("selector_moments"))
+            loss_selector = train_selector_full_batch(selector, self.optimizers["selector"], self.train_loader, label,
+                                                      self.config.selector_local_epochs, self.device)
+            selector_update = {
+                "selector": get_weights(selector),
+                "selector_moments": extract_adam_moments(self.optimizers["selector"], selector.named_parameters()),
+            }
         losses = {"train_loss": loss_global, "train_loss_personalized": loss_personalized,
                   "train_loss_selector": loss_selector}
         for tag, value in losses.items():
@@ -174,7 +191,6 @@ class FedSMLearner(Executor):
         update = {
             "global": get_weights(self.models["global"]),
             "personalized": get_weights(self.models["personalized"]),
-            "selector": get_weights(selector),
-            "selector_moments": extract_adam_moments(self.optimizers["selector"], selector.named_parameters()),
+            **selector_update,
         }
         return update, steps

@@ -1,10 +1,11 @@
 """What travels between the FedSM server and its clients: one DXO collection of named weight dicts.
 
 Server to client (`TASK_PARTS`): the global model, that client's own personalized model, the
-selector and the averaged selector Adam moments (empty in round 0), plus meta (round, the client's
-selector label, the number of clients). Client to server (`UPDATE_PARTS`): global and selector
-weight differences, the personalized weights after local training, the selector's Adam moments,
-and meta (aggregation weight, label, validation metrics of the received models).
+selector and the averaged selector Adam moments (empty in round 0, and always with `server_adam`),
+plus meta (round, the client's selector label, the number of clients). Client to server: the global
+weight difference, the personalized weights after local training, the selector update (weight
+difference and Adam moments, or with `server_adam` the full-batch gradient), and meta (aggregation
+weight, label, validation metrics of the received models, seconds spent).
 """
 
 from collections.abc import Mapping
@@ -13,10 +14,8 @@ import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.shareable import Shareable
 
-from ..core.round_aggregation import UPDATE_PARTS
-
 TASK_PARTS = ("global", "personalized", "selector", "selector_moments")
-__all__ = ["TASK_PARTS", "UPDATE_PARTS", "Meta", "pack", "payload_bytes", "unpack"]
+__all__ = ["TASK_PARTS", "Meta", "pack", "payload_bytes", "unpack"]
 
 
 class Meta:
@@ -28,6 +27,7 @@ class Meta:
     METRICS = "fedsm_val_metrics"
     NUM_VAL = "fedsm_num_validation_images"
     SECONDS = "fedsm_seconds"  # {"validate": s, "train": s} spent by the client
+    START_ERROR = "fedsm_start_error"  # reply header: why the client could not start (names the file)
 
 
 def payload_bytes(parts: Mapping[str, Mapping[str, np.ndarray]]) -> int:

@@ -74,6 +74,7 @@ class FedSMController(Controller):
         self._client_seconds: dict[str, dict[str, float]] = {}
         self._bytes_up: dict[str, int] = {}
         self._bytes_down: dict[str, int] = {}
+        self._start_errors: dict[str, str] = {}  # client -> why it could not start (its data, its config)
 
     def start_controller(self, fl_ctx: FLContext):
         self.aggregator = self._engine.get_component(self.aggregator_id)
@@ -85,8 +86,8 @@ class FedSMController(Controller):
             self.system_panic(f"component '{self.persistor_id}' must be a FedSMModelPersistor", fl_ctx)
             return
         try:
-            num_classes = self.persistor.train_config(fl_ctx).select_num_classes
-            self.labels = check_label_mapping(self.labels, num_classes)
+            self.train_config = self.persistor.train_config(fl_ctx)
+            self.labels = check_label_mapping(self.labels, self.train_config.select_num_classes)
         except ValueError as error:
             self.system_panic(f"FedSM configuration error: {error}", fl_ctx)
 
@@ -103,7 +104,8 @@ class FedSMController(Controller):
             round_number = models.next_round
             self.log_info(fl_ctx, f"Round {round_number} of {self.num_rounds} started ({len(clients)} clients).")
             started = time.monotonic()
-            self.aggregator.start_round(models, {c: self.labels[c] for c in clients})
+            self.aggregator.start_round(models, {c: self.labels[c] for c in clients},
+                                        self.train_config.selector_training, self.train_config.learning_rate_select)
             self._run_tasks(self.train_task_name, models, clients, abort_signal, fl_ctx)
             if abort_signal.triggered:
                 return
@@ -126,6 +128,10 @@ class FedSMController(Controller):
                 self._track_best(models, models.next_round, fl_ctx)
                 self.persistor.save(models, fl_ctx)
         self.log_info(fl_ctx, "FedSM finished.")
+
+    @property
+    def _clients_step_selector(self) -> bool:
+        return self.train_config.selector_training == "client_adam"
 
     def _log_round_cost(self, round_number: int, wall: float, aggregate_persist: float, fl_ctx: FLContext) -> None:
         """One parsable line: where the round's time went and the bytes moved per client (benchmarks read it)."""
@@ -158,7 +164,8 @@ class FedSMController(Controller):
         tasks = []
         for client in clients:
             parts = {"global": models.global_model, "personalized": models.personalized[client],
-                     "selector": models.selector, "selector_moments": models.selector_moments}
+                     "selector": models.selector,
+                     "selector_moments": models.selector_moments if self._clients_step_selector else {}}
             self._bytes_down[client] = payload_bytes(parts)
             data = pack(parts, {Meta.ROUND: models.next_round, Meta.NUM_ROUNDS: self.num_rounds,
                                 Meta.LABEL: self.labels[client], Meta.NUM_CLIENTS: len(clients)})
@@ -169,11 +176,15 @@ class FedSMController(Controller):
                 tasks.append(task)
             else:
                 self.send_and_wait(task, fl_ctx, targets=[client], send_order=SendOrder.ANY, abort_signal=abort_signal)
-        while any(task.completion_status is None for task in tasks):
+        while any(task.completion_status is None for task in tasks) and not self._start_errors:
             if abort_signal.triggered:
                 self.cancel_all_tasks(fl_ctx=fl_ctx)
                 return
             time.sleep(0.1)
+        if self._start_errors:
+            self.cancel_all_tasks(fl_ctx=fl_ctx)
+            self.system_panic(f"stopping the run: {'; '.join(self._start_errors.values())}", fl_ctx)
+            return
         for client in sorted(set(clients) - set(self._metrics)):
             self.log_warning(fl_ctx, f"no result from {client} for task '{task_name}' in round {models.next_round}")
 
@@ -182,7 +193,11 @@ class FedSMController(Controller):
         result, client_task.result = client_task.result, None
         rc = result.get_return_code()
         if rc != ReturnCode.OK:
-            self.log_warning(fl_ctx, f"{client} returned '{rc}' for task '{client_task.task.name}'")
+            start_error = result.get_header(Meta.START_ERROR)
+            if start_error:
+                self._start_errors[client] = start_error
+            self.log_warning(fl_ctx, f"{client} returned '{rc}' for task '{client_task.task.name}'"
+                                     f"{': ' + start_error if start_error else ''}")
             return
         with self._lock:
             try:

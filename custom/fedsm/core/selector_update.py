@@ -1,0 +1,100 @@
+"""The two ways the server updates the selector from the clients' full-batch training.
+
+`client_adam` (FedSM as published): each client takes the Adam step itself from the averaged moments
+and returns its weight difference and its moments; the server averages all three.
+`server_adam`: each client returns its full-batch gradient; the server averages the gradients and
+takes the Adam step itself, which is centralized full-batch Adam, with a third of the selector bytes
+on the wire each way (no moments travel).
+"""
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .adam_moments import MOMENT_KINDS, STEP_KEY, moment_key
+from .model_set import Weights
+from .weighted_average import WeightedAverage
+
+SELECTOR_TRAINING = ("client_adam", "server_adam")
+
+
+def expected_moment_shapes(selector: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """The keys and shapes a client's selector Adam moments must have."""
+    shapes: dict[str, tuple[int, ...]] = {STEP_KEY: ()}
+    for name, weights in selector.items():
+        for kind in MOMENT_KINDS:
+            shapes[moment_key(kind, name)] = weights.shape
+    return shapes
+
+
+def adam_step(
+    weights: Weights, gradient: Weights, moments: Weights, lr: float, betas=(0.9, 0.999), eps: float = 1e-8
+) -> tuple[Weights, Weights]:
+    """One step of Adam (as `torch.optim.Adam` with default options), in NumPy, keeping dtypes.
+
+    `moments` holds `exp_avg/<name>`, `exp_avg_sq/<name>` and `step` (empty: a fresh optimizer).
+    Returns new weights and new moments; the inputs are not modified.
+    """
+    beta1, beta2 = betas
+    step = float(moments.get(STEP_KEY, 0.0)) + 1.0
+    bias1, bias2_sqrt = 1.0 - beta1**step, np.sqrt(1.0 - beta2**step)
+    new_weights, new_moments = {}, {STEP_KEY: np.asarray(step, dtype=np.float32)}
+    for name, grad in gradient.items():
+        dtype = weights[name].dtype
+        exp_avg = moments.get(moment_key("exp_avg", name))
+        exp_avg_sq = moments.get(moment_key("exp_avg_sq", name))
+        exp_avg = (1 - beta1) * grad if exp_avg is None else beta1 * exp_avg + (1 - beta1) * grad
+        exp_avg_sq = (1 - beta2) * grad * grad if exp_avg_sq is None else beta2 * exp_avg_sq + (1 - beta2) * grad * grad
+        denominator = np.sqrt(exp_avg_sq) / bias2_sqrt + eps
+        new_weights[name] = (weights[name] - (lr / bias1) * exp_avg / denominator).astype(dtype, copy=False)
+        new_moments[moment_key("exp_avg", name)] = exp_avg.astype(dtype, copy=False)
+        new_moments[moment_key("exp_avg_sq", name)] = exp_avg_sq.astype(dtype, copy=False)
+    return new_weights, new_moments
+
+
+class ClientAdamSelector:
+    """Step-weighted means of the clients' selector weight differences and Adam moments."""
+
+    update_parts = ("selector", "selector_moments")
+
+    def __init__(self, selector: Weights, moments: Weights) -> None:
+        self.selector = selector
+        self.expected = {"selector": {n: w.shape for n, w in selector.items()},
+                         "selector_moments": expected_moment_shapes(selector)}
+        self._diff, self._moments = WeightedAverage(), WeightedAverage()
+
+    def add(self, update: Mapping[str, Weights], weight: float) -> None:
+        self._diff.add(update["selector"], weight)
+        self._moments.add(update["selector_moments"], weight)
+
+    def result(self) -> tuple[Weights, Weights]:
+        mean_diff = self._diff.result()
+        for name, diff in mean_diff.items():
+            np.add(diff, self.selector[name], out=diff)
+        return mean_diff, self._moments.result()
+
+
+class ServerAdamSelector:
+    """Weighted mean of the clients' full-batch selector gradients, then one Adam step on the server."""
+
+    update_parts = ("selector_gradient",)
+
+    def __init__(self, selector: Weights, moments: Weights, lr: float) -> None:
+        self.selector, self.moments, self.lr = selector, moments, lr
+        self.expected = {"selector_gradient": {n: w.shape for n, w in selector.items()}}
+        self._gradient = WeightedAverage()
+
+    def add(self, update: Mapping[str, Weights], weight: float) -> None:
+        self._gradient.add(update["selector_gradient"], weight)
+
+    def result(self) -> tuple[Weights, Weights]:
+        return adam_step(self.selector, self._gradient.result(), self.moments, self.lr)
+
+
+def make_selector_update(training: str, selector: Weights, moments: Weights, lr: float):
+    """The selector update rule named by `selector_training` in config_train.json."""
+    if training == "client_adam":
+        return ClientAdamSelector(selector, moments)
+    if training == "server_adam":
+        return ServerAdamSelector(selector, moments, lr)
+    raise ValueError(f"selector_training must be one of {SELECTOR_TRAINING}, got '{training}'")

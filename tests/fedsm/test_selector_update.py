@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+
+from fedsm.core.adam_moments import extract_adam_moments
+from fedsm.core.model_set import ModelSet
+from fedsm.core.round_aggregation import RoundAggregator
+from fedsm.core.selector_update import adam_step
+
+
+def test_numpy_adam_step_matches_torch_adam_over_several_steps():
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(5, 3))
+    optimizer = torch.optim.Adam([param], lr=1e-2)
+    weights = {"p": param.detach().numpy().copy()}
+    moments = {}
+    for _ in range(3):
+        gradient = torch.randn(5, 3)
+        param.grad = gradient.clone()
+        optimizer.step()
+        weights, moments = adam_step(weights, {"p": gradient.numpy()}, moments, lr=1e-2)
+    np.testing.assert_allclose(weights["p"], param.detach().numpy(), rtol=1e-5, atol=1e-7)
+    torch_moments = extract_adam_moments(optimizer, [("p", param)])
+    for key in ("exp_avg/p", "exp_avg_sq/p", "step"):
+        np.testing.assert_allclose(moments[key], torch_moments[key], rtol=1e-5, atol=1e-9)
+    assert weights["p"].dtype == np.float32 and moments["exp_avg/p"].dtype == np.float32
+
+
+def _current():
+    w = {"w": np.ones((2, 2), np.float32)}
+    return ModelSet(global_model=dict(w), selector={"s": np.ones(3, np.float32)}, selector_moments={},
+                    personalized={"a": dict(w), "b": dict(w)})
+
+
+def test_server_adam_round_is_centralized_adam_on_the_weighted_mean_gradient():
+    round_ = RoundAggregator(_current(), {"a": 0, "b": 1}, 0.7, selector_training="server_adam", selector_lr=0.1)
+    assert set(round_.update_parts) == {"global", "personalized", "selector_gradient"}
+    base = {"global": {"w": np.zeros((2, 2), np.float32)}, "personalized": {"w": np.ones((2, 2), np.float32)}}
+    assert round_.accept("a", 0, {**base, "selector_gradient": {"s": np.array([1, 2, 3], np.float32)}}, 1) is None
+    assert round_.accept("b", 1, {**base, "selector_gradient": {"s": np.array([3, 2, 1], np.float32)}}, 3) is None
+    models = round_.result()
+    expected, moments = adam_step({"s": np.ones(3, np.float32)}, {"s": np.array([2.5, 2.0, 1.5], np.float32)}, {},
+                                  lr=0.1)
+    np.testing.assert_allclose(models.selector["s"], expected["s"], rtol=1e-6)
+    np.testing.assert_allclose(models.selector_moments["exp_avg/s"], moments["exp_avg/s"], rtol=1e-6)
+    # first Adam step moves every parameter by lr against the gradient's sign
+    np.testing.assert_allclose(models.selector["s"], 0.9, rtol=1e-5)
+
+
+def test_server_adam_rejects_an_update_without_gradient():
+    round_ = RoundAggregator(_current(), {"a": 0}, 0.7, selector_training="server_adam")
+    update = {"global": {"w": np.zeros((2, 2), np.float32)}, "personalized": {"w": np.ones((2, 2), np.float32)},
+              "selector": {"s": np.zeros(3, np.float32)}}
+    assert "selector_gradient" in round_.accept("a", 0, update, 1)
+    with pytest.raises(ValueError, match="selector_training"):
+        RoundAggregator(_current(), {"a": 0}, 0.7, selector_training="sgd")
