@@ -41,14 +41,22 @@ def adam_step(
     new_weights, new_moments = {}, {STEP_KEY: np.asarray(step, dtype=np.float32)}
     for name, grad in gradient.items():
         dtype = weights[name].dtype
-        exp_avg = moments.get(moment_key("exp_avg", name))
-        exp_avg_sq = moments.get(moment_key("exp_avg_sq", name))
-        exp_avg = (1 - beta1) * grad if exp_avg is None else beta1 * exp_avg + (1 - beta1) * grad
-        exp_avg_sq = (1 - beta2) * grad * grad if exp_avg_sq is None else beta2 * exp_avg_sq + (1 - beta2) * grad * grad
-        denominator = np.sqrt(exp_avg_sq) / bias2_sqrt + eps
-        new_weights[name] = (weights[name] - (lr / bias1) * exp_avg / denominator).astype(dtype, copy=False)
-        new_moments[moment_key("exp_avg", name)] = exp_avg.astype(dtype, copy=False)
-        new_moments[moment_key("exp_avg_sq", name)] = exp_avg_sq.astype(dtype, copy=False)
+        exp_avg = np.multiply(grad, 1 - beta1, dtype=dtype)
+        exp_avg_sq = np.multiply(grad, grad, dtype=dtype)
+        exp_avg_sq *= 1 - beta2
+        if moment_key("exp_avg", name) in moments:
+            exp_avg += beta1 * moments[moment_key("exp_avg", name)]
+            exp_avg_sq += beta2 * moments[moment_key("exp_avg_sq", name)]
+        # the update, computed in one buffer: w - (lr / bias1) * exp_avg / (sqrt(exp_avg_sq) / bias2_sqrt + eps)
+        update = np.sqrt(exp_avg_sq)
+        update /= bias2_sqrt
+        update += eps
+        np.divide(exp_avg, update, out=update)
+        update *= -lr / bias1
+        update += weights[name]
+        new_weights[name] = update
+        new_moments[moment_key("exp_avg", name)] = exp_avg
+        new_moments[moment_key("exp_avg_sq", name)] = exp_avg_sq
     return new_weights, new_moments
 
 
