@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .core.selector_update import SELECTOR_TRAINING
+from .core.selector_update import GRADIENT_UPLOAD, SELECTOR_TRAINING
 from .models.networks import SELECTORS
 
 
@@ -67,8 +67,9 @@ class TrainConfig:
         if self.selector_training not in SELECTOR_TRAINING:
             raise ValueError(f"{source}: 'selector_training' must be one of {SELECTOR_TRAINING}, "
                              f"got '{self.selector_training}'")
-        if self.selector_training == "server_adam" and self.selector_local_epochs != 1:
-            raise ValueError(f"{source}: 'server_adam' takes one server step per round; set 'selector_local_epochs' to 1")
+        if self.selector_training in GRADIENT_UPLOAD and self.selector_local_epochs != 1:
+            raise ValueError(f"{source}: '{self.selector_training}' takes one selector step per round; "
+                             "set 'selector_local_epochs' to 1")
         if self.selector not in SELECTORS:
             raise ValueError(f"{source}: 'selector' must be one of {SELECTORS}, got '{self.selector}'")
         if not 0.0 <= self.cache_dataset <= 1.0:

@@ -76,8 +76,9 @@ def test_test_only_evaluation_prints_dice_table(finished_run):
         assert any(client in line for line in lines), client
 
 
-def test_server_adam_selector_training_runs_and_moves_fewer_bytes(tiny_data, tmp_path):
-    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"train.selector_training": "server_adam"}))
+@pytest.mark.parametrize("selector_training", ["server_adam", "client_adam_on_server"])
+def test_gradient_upload_selector_training_runs(tiny_data, tmp_path, selector_training):
+    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"train.selector_training": selector_training}))
     result = run_simulator(job, tmp_path / "ws")
     log = result.stdout + result.stderr
     assert result.returncode == 0 and "rejected" not in log

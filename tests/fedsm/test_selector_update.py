@@ -54,3 +54,34 @@ def test_server_adam_rejects_an_update_without_gradient():
     assert "selector_gradient" in round_.accept("a", 0, update, 1)
     with pytest.raises(ValueError, match="selector_training"):
         RoundAggregator(_current(), {"a": 0}, 0.7, selector_training="sgd")
+
+
+def test_client_adam_on_server_equals_client_adam_with_torch_steps_on_clients():
+    """Same round, two wire formats: clients stepping torch Adam and sending diffs + moments, or
+    sending gradients for the server to replay; the next selector and moments must agree."""
+    from fedsm.core.adam_moments import load_adam_moments
+
+    rng = np.random.default_rng(0)
+    selector = {"s": rng.standard_normal(4).astype(np.float32)}
+    moments = {"exp_avg/s": rng.standard_normal(4).astype(np.float32) * 0.1,
+               "exp_avg_sq/s": rng.random(4).astype(np.float32) * 0.01, "step": np.asarray(3.0, np.float32)}
+    current = ModelSet(global_model={"w": np.zeros(2, np.float32)}, selector=selector, selector_moments=moments,
+                       personalized={"a": {"w": np.zeros(2, np.float32)}, "b": {"w": np.zeros(2, np.float32)}})
+    gradients = {"a": rng.standard_normal(4).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
+    base = {"global": {"w": np.zeros(2, np.float32)}, "personalized": {"w": np.ones(2, np.float32)}}
+    replayed = RoundAggregator(current, {"a": 0, "b": 1}, 0.7, "client_adam_on_server", selector_lr=1e-2)
+    faithful = RoundAggregator(current, {"a": 0, "b": 1}, 0.7, "client_adam", selector_lr=1e-2)
+    for label, (client, gradient) in enumerate(gradients.items()):
+        assert replayed.accept(client, label, {**base, "selector_gradient": {"s": gradient}}, 1 + label) is None
+        param = torch.nn.Parameter(torch.from_numpy(selector["s"].copy()))
+        optimizer = torch.optim.Adam([param], lr=1e-2)
+        load_adam_moments(optimizer, [("s", param)], moments)
+        param.grad = torch.from_numpy(gradient.copy())
+        optimizer.step()
+        update = {"selector": {"s": param.detach().numpy() - selector["s"]},
+                  "selector_moments": extract_adam_moments(optimizer, [("s", param)])}
+        assert faithful.accept(client, label, {**base, **update}, 1 + label) is None
+    expected, got = faithful.result(), replayed.result()
+    np.testing.assert_allclose(got.selector["s"], expected.selector["s"], rtol=1e-5, atol=1e-7)
+    for key in moments:
+        np.testing.assert_allclose(got.selector_moments[key], expected.selector_moments[key], rtol=1e-5, atol=1e-9)

@@ -2,9 +2,13 @@
 
 `client_adam` (FedSM as published): each client takes the Adam step itself from the averaged moments
 and returns its weight difference and its moments; the server averages all three.
+`client_adam_on_server`: the same math as `client_adam` (one selector epoch), but each client returns
+only its full-batch gradient and the server replays that client's Adam step from the averaged
+moments, then averages weight differences and moments as `client_adam` does. A client's moments
+reveal its gradient anyway (`exp_avg_i = b1 * exp_avg + (1 - b1) * g_i`), so nothing more is
+disclosed, and a third of the selector bytes travel each way (no moments on the wire).
 `server_adam`: each client returns its full-batch gradient; the server averages the gradients and
-takes the Adam step itself, which is centralized full-batch Adam, with a third of the selector bytes
-on the wire each way (no moments travel).
+takes one Adam step itself, which is centralized full-batch Adam; the same bytes as above.
 """
 
 from collections.abc import Mapping
@@ -15,7 +19,8 @@ from .adam_moments import MOMENT_KINDS, STEP_KEY, moment_key
 from .model_set import Weights
 from .weighted_average import WeightedAverage
 
-SELECTOR_TRAINING = ("client_adam", "server_adam")
+SELECTOR_TRAINING = ("client_adam", "client_adam_on_server", "server_adam")
+GRADIENT_UPLOAD = ("client_adam_on_server", "server_adam")
 
 
 def expected_moment_shapes(selector: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -82,6 +87,23 @@ class ClientAdamSelector:
         return mean_diff, self._moments.result()
 
 
+class ClientAdamOnServerSelector(ClientAdamSelector):
+    """`client_adam` computed on the server: each client's Adam step is replayed from its gradient."""
+
+    update_parts = ("selector_gradient",)
+
+    def __init__(self, selector: Weights, moments: Weights, lr: float) -> None:
+        super().__init__(selector, moments)
+        self.moments, self.lr = moments, lr
+        self.expected = {"selector_gradient": {n: w.shape for n, w in selector.items()}}
+
+    def add(self, update: Mapping[str, Weights], weight: float) -> None:
+        weights, moments = adam_step(self.selector, update["selector_gradient"], self.moments, self.lr)
+        for name, new in weights.items():
+            new -= self.selector[name]
+        super().add({"selector": weights, "selector_moments": moments}, weight)
+
+
 class ServerAdamSelector:
     """Weighted mean of the clients' full-batch selector gradients, then one Adam step on the server."""
 
@@ -103,6 +125,8 @@ def make_selector_update(training: str, selector: Weights, moments: Weights, lr:
     """The selector update rule named by `selector_training` in config_train.json."""
     if training == "client_adam":
         return ClientAdamSelector(selector, moments)
+    if training == "client_adam_on_server":
+        return ClientAdamOnServerSelector(selector, moments, lr)
     if training == "server_adam":
         return ServerAdamSelector(selector, moments, lr)
     raise ValueError(f"selector_training must be one of {SELECTOR_TRAINING}, got '{training}'")

@@ -16,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 from ..config import TrainConfig, resolve_path
 from ..core.adam_moments import extract_adam_moments, load_adam_moments
 from ..core.best_models import improves
+from ..core.selector_update import GRADIENT_UPLOAD
 from ..data.datalist import check_images_readable, datalist_file, load_datalist
 from ..data.loading import make_loader
 from ..io.checkpoint import save_checkpoint
@@ -167,7 +168,7 @@ class FedSMLearner(Executor):
         loss_personalized, _ = train_segmentation(self.models["personalized"], self.optimizers["personalized"],
                                                   self.train_loader, epochs, self.device)
         selector = self.models["selector"]
-        if self.config.selector_training == "server_adam":
+        if self.config.selector_training in GRADIENT_UPLOAD:
             loss_selector = selector_full_batch_gradient(selector, self.train_loader, label, self.device)
             selector_update = {"selector_gradient": {name: param.grad.detach().cpu().numpy()
                                                      for name, param in selector.named_parameters()}}
