@@ -1,7 +1,7 @@
 """Benchmark N rounds of a FedSM job config in the NVFlare simulator.
 
-Prints, per round, the wall time split into train / validate (slowest client) / communicate /
-aggregate+persist, the MB per client moved down and up, and the peak total RSS of the whole
+Prints, per round, the wall time split into clients busy (first validation start to last training
+end; the slowest client's train and validate times beside it) / communicate / aggregate+persist, the MB per client moved down and up, and the peak total RSS of the whole
 simulator process tree (server and client processes), sampled every 0.2 s.
 
     python scripts/benchmark.py --rounds 3 --set train.image_size=256 --set train.selector=vgg11
@@ -23,8 +23,9 @@ from fedsm.job_config import derive_job, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 COST_LINE = re.compile(
-    r"Round (?P<round>\d+) cost: wall (?P<wall>[\d.]+) s, slowest client validate (?P<validate>[\d.]+) s "
-    r"train (?P<train>[\d.]+) s, aggregate\+persist (?P<aggregate>[\d.]+) s, communicate (?P<communicate>[\d.]+) s; "
+    r"Round (?P<round>\d+) cost: wall (?P<wall>[\d.]+) s, clients busy (?P<busy>[\d.]+) s \(slowest client validate "
+    r"(?P<validate>[\d.]+) s train (?P<train>[\d.]+) s\), aggregate\+persist (?P<aggregate>[\d.]+) s, "
+    r"communicate (?P<communicate>[\d.]+) s; "
     r"per client down (?P<down>[\d.]+) MB up (?P<up>[\d.]+) MB"
 )
 
@@ -64,12 +65,12 @@ def run_and_sample(command: list[str], log_file: Path, period: float = 0.2) -> t
 
 def format_report(costs: list[dict[str, float]], peak_rss: int, peak_single: int) -> str:
     gib = 1024**3
-    header = f"{'round':>5} {'wall s':>8} {'train s':>8} {'valid. s':>8} {'comm. s':>8} {'agg+pers s':>10} " \
-             f"{'down MB':>9} {'up MB':>9} {'overhead':>8}"
+    header = f"{'round':>5} {'wall s':>8} {'busy s':>8} {'train s':>8} {'valid. s':>8} {'comm. s':>8} " \
+             f"{'agg+pers s':>10} {'down MB':>9} {'up MB':>9} {'overhead':>8}"
     lines = [header, "-" * len(header)]
     for c in costs:
         overhead = (c["communicate"] + c["aggregate"]) / c["wall"] if c["wall"] else 0.0
-        lines.append(f"{int(c['round']):>5} {c['wall']:>8.2f} {c['train']:>8.2f} {c['validate']:>8.2f} "
+        lines.append(f"{int(c['round']):>5} {c['wall']:>8.2f} {c['busy']:>8.2f} {c['train']:>8.2f} {c['validate']:>8.2f} "
                      f"{c['communicate']:>8.2f} {c['aggregate']:>10.2f} {c['down']:>9.1f} {c['up']:>9.1f} "
                      f"{overhead:>8.1%}")
     lines.append(f"peak total RSS of the process tree: {peak_rss / gib:.2f} GiB "

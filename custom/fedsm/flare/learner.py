@@ -122,9 +122,9 @@ class FedSMLearner(Executor):
         self.train_loader.generator.manual_seed(self.config.seed + round_number)
         for kind in ("global", "personalized", "selector"):
             set_weights(self.models[kind], received[kind])
-        started = time.monotonic()
+        started, busy_from = time.monotonic(), time.time()
         metrics = self._validate(round_number, label, fl_ctx)
-        seconds = {"validate": time.monotonic() - started}
+        seconds = {"validate": time.monotonic() - started, "busy_from": busy_from, "busy_until": time.time()}
         reply_meta = {Meta.ROUND: round_number, Meta.LABEL: label, Meta.METRICS: metrics,
                       Meta.NUM_VAL: self.num_validation, Meta.SECONDS: seconds}
         if task_name == self.validate_task_name:
@@ -136,7 +136,7 @@ class FedSMLearner(Executor):
         update["global"] = weight_difference(update["global"], received["global"])
         if "selector" in update:
             update["selector"] = weight_difference(update["selector"], received["selector"])
-        seconds["train"] = time.monotonic() - started
+        seconds["train"], seconds["busy_until"] = time.monotonic() - started, time.time()
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         return pack(update, {**reply_meta, Meta.WEIGHT: steps})

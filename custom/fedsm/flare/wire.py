@@ -26,7 +26,7 @@ class Meta:
     WEIGHT = "fedsm_aggregation_weight"
     METRICS = "fedsm_val_metrics"
     NUM_VAL = "fedsm_num_validation_images"
-    SECONDS = "fedsm_seconds"  # {"validate": s, "train": s} spent by the client
+    SECONDS = "fedsm_seconds"  # {"validate": s, "train": s, "busy_from"/"busy_until": the client's clock}
     START_ERROR = "fedsm_start_error"  # reply header: why the client could not start (names the file)
 
 

@@ -74,6 +74,7 @@ class FedSMController(Controller):
         self._client_seconds: dict[str, dict[str, float]] = {}
         self._bytes_up: dict[str, int] = {}
         self._bytes_down: dict[str, int] = {}
+        self._accept_seconds = 0.0
         self._start_errors: dict[str, str] = {}  # client -> why it could not start (its data, its config)
 
     def start_controller(self, fl_ctx: FLContext):
@@ -121,7 +122,7 @@ class FedSMController(Controller):
             finished = time.monotonic()
             self.log_info(fl_ctx, f"Round {round_number} finished in {finished - started:.1f} s; "
                                   f"aggregated {sorted(contributors)}.")
-            self._log_round_cost(round_number, finished - started, finished - results_in, fl_ctx)
+            self._log_round_cost(round_number, finished - started, finished - results_in + self._accept_seconds, fl_ctx)
         if self.validate_final_models:
             self._run_tasks(self.validate_task_name, models, clients, abort_signal, fl_ctx)
             if not abort_signal.triggered:
@@ -134,17 +135,26 @@ class FedSMController(Controller):
         return self.train_config.selector_training == "client_adam"
 
     def _log_round_cost(self, round_number: int, wall: float, aggregate_persist: float, fl_ctx: FLContext) -> None:
-        """One parsable line: where the round's time went and the bytes moved per client (benchmarks read it)."""
-        slowest = max(self._client_seconds.values(), key=lambda s: s.get("validate", 0) + s.get("train", 0),
-                      default={})
+        """One parsable line: where the round's time went and the bytes moved per client (benchmarks read it).
+
+        `clients busy` spans from the first client starting validation to the last one finishing
+        training, on the clients' clocks (exact where they share the server's, as in the simulator and
+        POC); `communicate` is the rest of the round outside aggregation and persistence.
+        """
+        times = list(self._client_seconds.values())
+        slowest = max(times, key=lambda s: s.get("validate", 0) + s.get("train", 0), default={})
         validate, train = slowest.get("validate", 0.0), slowest.get("train", 0.0)
+        try:
+            busy = max(t["busy_until"] for t in times) - min(t["busy_from"] for t in times)
+        except (KeyError, ValueError):
+            busy = validate + train
         mb = 1024 * 1024
         down = max(self._bytes_down.values(), default=0) / mb
         up = max(self._bytes_up.values(), default=0) / mb
-        self.log_info(fl_ctx, f"Round {round_number} cost: wall {wall:.2f} s, slowest client validate {validate:.2f} s "
-                              f"train {train:.2f} s, aggregate+persist {aggregate_persist:.2f} s, communicate "
-                              f"{max(wall - validate - train - aggregate_persist, 0.0):.2f} s; per client "
-                              f"down {down:.1f} MB up {up:.1f} MB")
+        self.log_info(fl_ctx, f"Round {round_number} cost: wall {wall:.2f} s, clients busy {busy:.2f} s (slowest "
+                              f"client validate {validate:.2f} s train {train:.2f} s), aggregate+persist "
+                              f"{aggregate_persist:.2f} s, communicate {max(wall - busy - aggregate_persist, 0.0):.2f} s; "
+                              f"per client down {down:.1f} MB up {up:.1f} MB")
 
     def _participants(self, fl_ctx: FLContext) -> list[str] | None:
         connected = sorted(client.name for client in self._engine.get_clients())
@@ -161,6 +171,7 @@ class FedSMController(Controller):
     def _run_tasks(self, task_name: str, models: ModelSet, clients: list[str], abort_signal: Signal,
                    fl_ctx: FLContext) -> None:
         self._metrics, self._sizes, self._client_seconds, self._bytes_up = {}, {}, {}, {}
+        self._accept_seconds = 0.0
         tasks = []
         for client in clients:
             parts = {"global": models.global_model, "personalized": models.personalized[client],
@@ -209,7 +220,9 @@ class FedSMController(Controller):
             except (ValueError, KeyError, TypeError, AttributeError) as error:
                 self.log_warning(fl_ctx, f"{client} sent no validation metrics: {error}")
             if client_task.task.name == self.train_task_name:
+                started = time.monotonic()
                 self.aggregator.accept(client, result, fl_ctx)
+                self._accept_seconds += time.monotonic() - started
 
     def _track_best(self, models: ModelSet, round_number: int, fl_ctx: FLContext) -> None:
         """Validation metrics of this round belong to `models`, the models that were sent."""
