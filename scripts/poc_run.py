@@ -38,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ SERVER = "server"
 PROJECT = "fedsm_poc"
 ADMIN = "admin@fedsm.local"
 ALLOW_LIST_PREFIX = "fedsm.flare."
+ROOT_TAG = ".fedsm_poc_run"  # marks a --root this script made (and may replace)
 RUN_MARKER = "FEDSM_POC_RUN"  # environment variable that tags every process of one federation
 PROGRESS = ("Round ", "validation (mean over clients)", "rejected", "FedSM finished", "cannot start",
             "no result from", "ERROR")
@@ -83,14 +85,14 @@ def project_yaml(clients, port: int) -> str:
 
 
 def _pids_with_marker(marker: str) -> list[int]:
-    """Processes of this user whose environment carries `marker` (every process a federation started)."""
-    needle = marker.encode() + b"\0"
+    """Processes of this user whose environment holds the entry `marker` (every process a federation started)."""
+    needle = b"\0" + marker.encode() + b"\0"
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes() + b"\0":
+            if needle in b"\0" + (entry / "environ").read_bytes():
                 found.append(int(entry.name))
         except OSError:  # gone, or not ours
             continue
@@ -110,11 +112,11 @@ class PocFederation:
         self.port = port or free_port()
         self.log = log
         self.workspace = self.root / "workspace"
-        self.marker = f"{RUN_MARKER}={secrets.token_hex(8)}"
+        self.token = secrets.token_hex(8)
+        # the start scripts run `python3`: this interpreter's, with NVFlare and fedsm installed
         bin_dir = str(Path(sys.executable).parent)
         self.env = {**os.environ, "HOME": str(self.root / "home"), "NVFLARE_POC_WORKSPACE": str(self.workspace),
-                    "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), RUN_MARKER: self.marker.split("=")[1]}
-        self.env.pop("PYTHONPATH", None)
+                    "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), RUN_MARKER: self.token}
         self.started = False
 
     # ---- NVFlare command line
@@ -171,6 +173,7 @@ class PocFederation:
         return self.nvflare("job", "meta", job_id)["status"]
 
     def server_job_log(self, job_id: str) -> Path:
+        """The server's log of a running job (a finished job's log is in its download: workspace/log.txt)."""
         return self.site_dir(SERVER) / job_id / "log.txt"
 
     def client_job_log(self, client: str, job_id: str) -> Path:
@@ -196,7 +199,7 @@ class PocFederation:
         lines = log.read_text(errors="replace").splitlines()
         for line in lines[shown:]:
             if any(key in line for key in PROGRESS):
-                self.log("[poc]   " + line.split(" - ", 3)[-1][:300])
+                self.log("[poc]   " + line.split("] - ", 1)[-1][:300])
         return len(lines)
 
     def download(self, job_id: str, destination: str | Path) -> Path:
@@ -205,17 +208,30 @@ class PocFederation:
 
     def processes(self) -> list[int]:
         """Every live process this federation started (server, clients, their job processes, watchdogs)."""
-        return _pids_with_marker(self.marker)
+        return _pids_with_marker(f"{RUN_MARKER}={self.token}")
 
     def stop(self, grace: float = 20.0) -> None:
         """Stop the federation; then end, by process id, whatever it started and is still running."""
         if not self.started:
             return
         self.started = False
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        deferred = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} \
+            if in_main_thread else {}  # a second Ctrl-C must not cut the clean-up short
+        try:
+            self._stop(grace)
+        finally:
+            for sig, handler in deferred.items():
+                signal.signal(sig, handler)
+        self.log("[poc] stopped")
+
+    def _stop(self, grace: float) -> None:
         try:
             self.nvflare("poc", "stop", timeout=90)
         except (PocError, subprocess.TimeoutExpired) as error:
+            # e.g. after a server restart NVFlare still lists the killed job as running and refuses to stop
             self.log(f"[poc] 'nvflare poc stop' failed ({error}); ending the processes directly")
+            grace = 0
         deadline = time.monotonic() + grace  # the site watchdogs notice the stop within 5 s
         while self.processes() and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -230,7 +246,6 @@ class PocFederation:
                 except ProcessLookupError:
                     pass
             time.sleep(3)
-        self.log("[poc] stopped")
 
     def __enter__(self) -> "PocFederation":
         return self
@@ -240,8 +255,12 @@ class PocFederation:
 
 
 def allow_component_prefix(resources_file: Path, prefix: str) -> None:
-    """Add `prefix` to a site's `class_allow_list` (the component classes a job without code may build)."""
-    resources = json.loads(resources_file.read_text())
+    """Add `prefix` to a site's `class_allow_list` (the component classes a job without code may build).
+
+    A site without `local/resources.json` runs on `resources.json.default`: start from a copy of it.
+    """
+    source = resources_file if resources_file.is_file() else resources_file.with_name(resources_file.name + ".default")
+    resources = json.loads(source.read_text())
     allow = resources.setdefault("class_allow_list", [])
     if prefix not in allow:
         allow.append(prefix)
@@ -275,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     from fedsm.job_config import parse_override
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="/tmp/nvflare/fedsm_poc", help="folder this run owns (replaced)")
+    parser.add_argument("--root", default="/tmp/nvflare/fedsm_poc",
+                        help="folder this run owns: empty, new, or an earlier run's (then replaced)")
     parser.add_argument("--data", help="prepared data (holds dataset_2D/ and datalist_2D/); default: synthetic "
                                        "data made in ROOT/data")
     parser.add_argument("--code", choices=("byoc", "installed"), default="byoc",
@@ -287,9 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
+    if root.exists() and any(root.iterdir()) and not (root / ROOT_TAG).is_file():
+        parser.error(f"--root {root} exists and is not a folder of an earlier run of this script; choose another")
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
+    (root / ROOT_TAG).write_text("made by scripts/poc_run.py; replaced by its next run\n")
     signal.signal(signal.SIGTERM, _raise_on_signal)
     signal.signal(signal.SIGHUP, _raise_on_signal)
     started = time.monotonic()
@@ -303,10 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             job_id = federation.submit(job)
             status = federation.wait(job_id, args.timeout)
             print(f"[poc] job {job_id}: {status}")
-            if status != "FINISHED:COMPLETED":
-                raise PocError(f"job {job_id} ended {status}; server log: {federation.server_job_log(job_id)}")
             results = federation.download(job_id, root / "download")
             print(f"[poc] results downloaded to {results}")
+            if status != "FINISHED:COMPLETED":
+                raise PocError(f"job {job_id} ended {status}; server log: {results / 'workspace' / 'log.txt'}, "
+                               f"client logs: {federation.workspace}/{PROJECT}/prod_00/<client>/{job_id}/log.txt")
     except (PocError, subprocess.TimeoutExpired) as error:
         print(f"[poc] FAILED: {error}", file=sys.stderr)
         return 1

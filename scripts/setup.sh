@@ -24,6 +24,7 @@ echo "[setup] installing requirements (nvflare, torch, monai, ...)"
 "${pip[@]}" -r requirements.txt -r requirements-test.txt
 "${pip[@]}" --no-deps --no-build-isolation -e .
 "$venv/bin/python" -m fedsm.job_config jobs/fedsm_prostate >/dev/null
+"$venv/bin/python" -m result_stat.fedavg_job jobs/fedavg_prostate >/dev/null
 "$venv/bin/python" - <<'PY'
 import torch, nvflare, monai
 device = "CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The generalization-gap study in one command: FedSM next to local, FedAvg and centralized training
+# on the same data, models, preprocessing and budget (rounds x local epochs), plus a held-out unseen
+# site, then the comparison report (tables, CSV, plots).
+#
+#   bash scripts/gap_study.sh          # CPU preset: synthetic data, 50 rounds, 96x96, light selector (~20 min on 2 cores)
+#   bash scripts/gap_study.sh gpu      # full preset: 100 rounds, 256x256, VGG11 selector (one GPU)
+#
+# Steps: synthetic 3-site data with the unseen site UNSEEN; FedSM in the NVFlare simulator (selector
+# training client_adam, as published), and once more per variant in GAP_VARIANTS (default
+# server_adam); the FedAvg job (jobs/fedavg_prostate) with the FedSM job's config_train.json;
+# centralized and local-only training (result_stat.baselines); result_stat.gap_report.
+#
+# Environment:
+#   GAP_STUDY_DIR  output folder (default /tmp/nvflare/gap_study); the report lands in $GAP_STUDY_DIR/report
+#   GAP_DATA       data folder with dataset_2D/ and datalist_2D/; if it holds no datalist_2D, synthetic data
+#                  are generated there (default $GAP_STUDY_DIR/data). Point it at the prepared real data
+#                  (python -m data_preparation.prepare ...) to run the study on them.
+#   GAP_ROUNDS     number of rounds (default: 50 cpu, 100 gpu)
+#   GAP_VARIANTS   extra FedSM runs by selector_training, space separated (default "server_adam"; "" for none)
+#   GAP_CASES      synthetic cases per site (default: 8 cpu, 16 gpu)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+preset="${1:-cpu}"
+python="${FEDSM_VENV:-.venv}/bin/python"
+nvflare="${FEDSM_VENV:-.venv}/bin/nvflare"
+out="${GAP_STUDY_DIR:-/tmp/nvflare/gap_study}"
+data="${GAP_DATA:-$out/data}"
+variants="${GAP_VARIANTS-server_adam}"
+clients=client_I2CVB,client_MSD,client_NCI_ISBI_3T
+case "$preset" in
+  cpu) rounds="${GAP_ROUNDS:-50}"; cases="${GAP_CASES:-8}"
+       train=(--set train.image_size=96 --set train.selector=light --set train.cache_dataset=1.0) ;;
+  gpu) rounds="${GAP_ROUNDS:-100}"; cases="${GAP_CASES:-16}"
+       train=(--set train.image_size=256 --set train.selector=vgg11 --set train.cache_dataset=1.0) ;;
+  *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;;
+esac
+[ -x "$python" ] || bash scripts/setup.sh
+mkdir -p "$out"
+start=$SECONDS
+step() { echo "[gap_study $(( (SECONDS - start) / 60 ))m$(( (SECONDS - start) % 60 ))s] $*"; }
+
+if [ ! -d "$data/datalist_2D" ]; then
+  step "synthetic data: I2CVB, MSD, NCI_ISBI_3T + unseen site UNSEEN, $cases cases per site -> $data"
+  "$python" -m data_preparation.synthetic --output "$data" --cases-per-site "$cases" --seed 0 --with-unseen \
+    > "$out/data.log" 2>&1
+else
+  step "using the data in $data"
+fi
+common=(--set "train.dataset_base_dir=$data/dataset_2D" --set "train.datalist_json_path=$data/datalist_2D"
+        --set "server.num_rounds=$rounds" "${train[@]}")
+
+simulate() {  # simulate JOB WORKSPACE NAME
+  rm -rf "$2"
+  "$nvflare" simulator "$1" -w "$2" -c "$clients" -t 3 > "$out/$3.log" 2>&1 \
+    || { echo "[gap_study] $3 failed; see $out/$3.log" >&2; exit 1; }
+}
+
+step "FedSM (selector_training client_adam), $rounds rounds, preset $preset"
+"$python" -m fedsm.job_config jobs/fedsm_prostate "$out/jobs/fedsm" "${common[@]}" >/dev/null
+simulate "$out/jobs/fedsm" "$out/ws/fedsm" fedsm
+variant_args=()
+for variant in $variants; do
+  step "FedSM (selector_training $variant)"
+  "$python" -m fedsm.job_config jobs/fedsm_prostate "$out/jobs/fedsm_$variant" "${common[@]}" \
+    --set "train.selector_training=$variant" >/dev/null
+  simulate "$out/jobs/fedsm_$variant" "$out/ws/fedsm_$variant" "fedsm_$variant"
+  variant_args+=(--fedsm-variant "$variant=$out/ws/fedsm_$variant")
+done
+
+step "FedAvg (jobs/fedavg_prostate, the FedSM job's config_train.json)"
+"$python" -m result_stat.fedavg_job jobs/fedavg_prostate "$out/jobs/fedavg" \
+  --train-config-from "$out/jobs/fedsm/app/config/config_train.json" --set "server.num_rounds=$rounds" >/dev/null
+simulate "$out/jobs/fedavg" "$out/ws/fedavg" fedavg
+
+step "centralized (pooled data of all sites)"
+"$python" -m result_stat.baselines centralized --job "$out/jobs/fedsm" --output "$out/centralized" \
+  > "$out/centralized.log" 2>&1
+step "local only (one model per site)"
+"$python" -m result_stat.baselines local --job "$out/jobs/fedsm" --output "$out/local" > "$out/local.log" 2>&1
+
+step "report"
+"$python" -m result_stat.gap_report --fedsm "$out/ws/fedsm" "${variant_args[@]}" --fedavg "$out/ws/fedavg" \
+  --centralized "$out/centralized" --local "$out/local" --output "$out/report" 2> "$out/report.log"
+step "done: $out/report/report.md"

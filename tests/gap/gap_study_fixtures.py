@@ -1,0 +1,97 @@
+"""A tiny generalization-gap study, run once per test session and shared by the tests/gap modules.
+
+Synthetic data (3 cases per site, 32x32 slices, plus the held-out UNSEEN site), FedSM and FedAvg in
+the NVFlare simulator (2 rounds), the centralized and local baselines (2 rounds x 1 epoch), then the
+gap report (with the FedSM run given a second time as a variant, to exercise that path cheaply).
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from fedsm.job_config import derive_job
+from result_stat import baselines, gap_report
+from result_stat.fedavg_job import derive_fedavg_job
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENTS = ["client_I2CVB", "client_MSD", "client_NCI_ISBI_3T"]
+UNSEEN = "client_UNSEEN"
+NVFLARE = Path(sys.executable).with_name("nvflare")
+ROUNDS = 2
+SIZE = 32
+
+_CACHE: dict[str, "TinyStudy"] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyStudy:
+    root: Path
+    data: Path
+    fedsm_job: Path
+    fedavg_job: Path
+    fedsm_ws: Path
+    fedavg_ws: Path
+    centralized: Path
+    local: Path
+    report: Path
+
+    @property
+    def fedsm_app(self) -> Path:
+        return self.fedsm_ws / "server" / "simulate_job" / "app_server"
+
+    @property
+    def fedavg_app(self) -> Path:
+        return self.fedavg_ws / "server" / "simulate_job" / "app_server"
+
+
+def _simulate(job: Path, workspace: Path) -> None:
+    result = subprocess.run([str(NVFLARE), "simulator", str(job), "-w", str(workspace), "-c", ",".join(CLIENTS),
+                             "-t", str(len(CLIENTS))], capture_output=True, text=True, timeout=400)
+    (workspace.parent / f"{workspace.name}.log").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def tiny_study(tmp_path_factory) -> TinyStudy:
+    """Build the study on first use (about a minute on 2 cores); later calls return the same one."""
+    if "study" in _CACHE:
+        return _CACHE["study"]
+    root = tmp_path_factory.mktemp("gap_study")
+    data = root / "data"
+    subprocess.run([sys.executable, "-m", "data_preparation.synthetic", "--output", str(data), "--cases-per-site", "3",
+                    "--seed", "1", "--with-unseen"], check=True, capture_output=True)
+    overrides = {
+        "train.dataset_base_dir": str(data / "dataset_2D"),
+        "train.datalist_json_path": str(data / "datalist_2D"),
+        "train.image_size": SIZE,
+        "train.selector": "light",
+        "server.num_rounds": ROUNDS,
+    }
+    fedsm_job = derive_job(REPO / "jobs" / "fedsm_prostate", root / "fedsm_job", overrides)
+    fedavg_job = derive_fedavg_job(REPO / "jobs" / "fedavg_prostate", root / "fedavg_job",
+                                   {"server.num_rounds": ROUNDS},
+                                   train_config_from=fedsm_job / "app" / "config" / "config_train.json")
+    study = TinyStudy(root, data, fedsm_job, fedavg_job, root / "fedsm_ws", root / "fedavg_ws",
+                      root / "centralized", root / "local", root / "report")
+    _simulate(fedsm_job, study.fedsm_ws)
+    _simulate(fedavg_job, study.fedavg_ws)
+    baselines.main(["centralized", "--job", str(fedsm_job), "--output", str(study.centralized)])
+    baselines.main(["local", "--job", str(fedsm_job), "--output", str(study.local)])
+    gap_report.main(["--fedsm", str(study.fedsm_ws), "--fedsm-variant", f"copy={study.fedsm_ws}",
+                     "--fedavg", str(study.fedavg_ws), "--centralized", str(study.centralized),
+                     "--local", str(study.local), "--output", str(study.report),
+                     "--thresholds", "0", "0.3", "0.5", "0.9"])
+    _CACHE["study"] = study
+    return study
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def read_results(study: TinyStudy) -> dict:
+    return json.loads((study.report / "results.json").read_text())

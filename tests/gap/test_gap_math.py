@@ -1,0 +1,146 @@
+"""The report's math on per-image results: threshold re-routing, pooling, checkpoint choice, verdict."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fedsm.core.super_model import GLOBAL_MODEL
+from result_stat import gap_report
+from result_stat.baselines import num_rounds_of
+from result_stat.prostate_2d_test_only import ImageResults, evaluate_batch
+
+
+class FixedLogits(nn.Module):
+    """A 'selector' returning preset logits for the images of a batch (indexed by their first pixel)."""
+
+    def __init__(self, logits: np.ndarray):
+        super().__init__()
+        self.logits = torch.as_tensor(logits, dtype=torch.float32)
+
+    def forward(self, images):
+        return self.logits[images[:, 0, 0, 0].long()]
+
+
+class Stripe(nn.Module):
+    """A 'segmentation model' predicting foreground in rows [start, stop) of every image."""
+
+    def __init__(self, start: int, stop: int):
+        super().__init__()
+        self.start, self.stop = start, stop
+
+    def forward(self, images):
+        logits = torch.full_like(images, -5.0)
+        logits[:, :, self.start:self.stop] = 5.0
+        return logits
+
+
+def _batch(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = torch.zeros(n, 1, 8, 8)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.float32)  # the selector's index
+    targets = torch.zeros(n, 1, 8, 8)
+    for i in range(n):
+        start = int(rng.integers(0, 6))
+        targets[i, :, start:start + 3] = 1.0
+    return images, targets
+
+
+def test_rerouting_results_of_threshold_zero_equals_evaluating_at_each_threshold():
+    n = 40
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0, 2.5, (n, 3))
+    logits[:5] = [[0.0, 0.0, 0.0]] * 5  # exact ties at 1/3
+    logits[5] = [np.log(9.0), 0.0, -np.inf]  # top probability exactly 0.9
+    images, targets = _batch(n)
+    selector = FixedLogits(logits)
+    global_model = Stripe(2, 5)
+    personalized = {0: Stripe(0, 3), 1: Stripe(3, 6), 2: Stripe(5, 8)}
+    at_zero = evaluate_batch(images, targets, 0, selector, global_model, personalized, 0.0)
+    probabilities = torch.softmax(selector(images), dim=1).numpy()
+    for threshold in sorted({0.0, 1 / 3, 0.5, 0.7, 0.9, 0.95, 1.0, *probabilities.max(axis=1).tolist()}):
+        direct = evaluate_batch(images, targets, 0, selector, global_model, personalized, threshold)
+        rerouted = gap_report.at_threshold(at_zero, threshold, [0, 1, 2])
+        np.testing.assert_array_equal(rerouted.route, direct.route, err_msg=f"threshold {threshold}")
+        np.testing.assert_allclose(rerouted.super_dice, direct.super_dice, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(rerouted.global_dice, direct.global_dice)
+
+
+def test_rerouting_sends_labels_without_personalized_model_to_the_global_model():
+    results = ImageResults(own_label=np.zeros(3, np.int64), top=np.array([0, 2, 1]), confidence=np.array([.95, .99, .5]),
+                           route=np.array([0, 2, 1]), super_dice=np.array([.9, .8, .7]), global_dice=np.array([.1, .2, .3]))
+    routed = gap_report.at_threshold(results, 0.9, available=[0, 1])
+    assert routed.route.tolist() == [0, GLOBAL_MODEL, GLOBAL_MODEL]
+    assert routed.super_dice.tolist() == [.9, .2, .3]
+    assert gap_report.routing_shares(routed, [0, 1]) == {"global": 2 / 3, "0": 1 / 3, "1": 0.0}
+
+
+def test_pooled_mean_weights_sites_by_images_and_skips_empty_ones():
+    assert gap_report.pooled_mean({"a": (2, 0.5), "b": (6, 0.9), "c": (0, math.nan)}) == (8, pytest.approx(0.8))
+    count, value = gap_report.pooled_mean({"a": (0, math.nan)})
+    assert count == 0 and math.isnan(value)
+
+
+def test_confusion_counts_rows_are_sites_columns_are_top_labels():
+    results = {"s0": ImageResults(*(np.array(v) for v in ([0, 0, 0], [0, 1, 0], [.9] * 3, [0] * 3, [1.] * 3, [1.] * 3))),
+               "new": ImageResults(*(np.array(v) for v in ([-1, -1], [2, 2], [.5] * 2, [-1] * 2, [1.] * 2, [1.] * 2)))}
+    assert gap_report.confusion_counts(results, 3) == {"s0": [2, 1, 0], "new": [0, 0, 2]}
+
+
+def _cross_val(final: float, best: float) -> dict:
+    return {"c1": {"SRV_FL_global_model.pt": {"val_dice": final, "num_val": 3},
+                   "SRV_best_FL_global_model.pt": {"val_dice": best, "num_val": 3}},
+            "c2": {"SRV_FL_global_model.pt": {"val_dice": 0.5, "num_val": 1},
+                   "SRV_best_FL_global_model.pt": {"val_dice": 0.5, "num_val": 1}}}
+
+
+def test_fedavg_checkpoint_is_the_better_validated_one_with_ties_to_the_best():
+    both = [gap_report.FEDAVG_BEST, gap_report.FEDAVG_FINAL]
+    chosen, scores = gap_report.choose_fedavg_checkpoint(_cross_val(final=0.7, best=0.6), both)
+    assert chosen == gap_report.FEDAVG_FINAL
+    assert scores[gap_report.FEDAVG_FINAL] == pytest.approx((3 * 0.7 + 0.5) / 4)
+    assert gap_report.choose_fedavg_checkpoint(_cross_val(final=0.6, best=0.7), both)[0] == gap_report.FEDAVG_BEST
+    assert gap_report.choose_fedavg_checkpoint(_cross_val(final=0.6, best=0.6), both)[0] == gap_report.FEDAVG_BEST
+    assert gap_report.choose_fedavg_checkpoint(None, both) == (gap_report.FEDAVG_BEST, {})
+    assert gap_report.choose_fedavg_checkpoint(None, [gap_report.FEDAVG_FINAL])[0] == gap_report.FEDAVG_FINAL
+    with pytest.raises(FileNotFoundError):
+        gap_report.choose_fedavg_checkpoint(None, [])
+
+
+def test_gap_verdict_says_whether_and_how_much_of_the_gap_closed():
+    text, closed = gap_report.gap_verdict(0.5, 0.6, 0.8, 0.85)
+    assert "is closed" in text and closed == pytest.approx(1.25)
+    text, closed = gap_report.gap_verdict(0.5, 0.6, 0.8, 0.7)
+    assert "partly closed (50% of it)" in text and closed == pytest.approx(0.5)
+    text, closed = gap_report.gap_verdict(0.5, 0.6, 0.8, 0.55)
+    assert "not closed" in text and closed < 0
+    assert "not closed" in gap_report.gap_verdict(0.5, 0.6, 0.8, 0.6 + 1e-12)[0]
+    text, closed = gap_report.gap_verdict(0.5, 0.8, 0.7, 0.75)
+    assert text.startswith("No generalization gap") and math.isnan(closed)
+    assert gap_report.gap_verdict(0.5, math.nan, 0.7, 0.75)[0].startswith("The gap cannot be assessed")
+    text, _ = gap_report.gap_verdict(0.5, 0.6, 0.8, 0.7, {"FedSM[v]": 0.9})
+    assert text.endswith("FedSM[v] super model 0.9000: closed. Local-only training: 0.5000.")
+    assert "+0.0100" in gap_report.noise_note(0.6, 0.61) and gap_report.noise_note(math.nan, 0.6) == ""
+
+
+def test_budget_differences_name_the_settings_that_disagree():
+    same = {"image_size": 32, "seed": 0, "num_rounds": 5, "local_epochs": 1}
+    assert gap_report.budget_differences({"a": same, "b": dict(same)}) == []
+    lines = gap_report.budget_differences({"a": same, "b": {**same, "num_rounds": 6, "seed": 1}})
+    assert lines == ["seed: a = 0, b = 1", "num_rounds: a = 5, b = 6"]
+
+
+def test_unseen_sites_are_the_other_client_datalists(tmp_path):
+    for name in ("client_A", "client_B", "client_All", "client_NEW", "other"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({}))
+    assert gap_report.find_unseen(tmp_path, ["client_A", "client_B"]) == ["client_NEW"]
+
+
+def test_num_rounds_from_a_variable_or_the_workflow():
+    assert num_rounds_of({"num_rounds": 7}, "x") == 7
+    assert num_rounds_of({"n": 4, "workflows": [{"args": {"num_rounds": "{n}"}}]}, "x") == 4
+    with pytest.raises(ValueError, match="num_rounds"):
+        num_rounds_of({"workflows": []}, "cfg.json")

@@ -1,0 +1,120 @@
+"""Helpers of the deployment and fault tests: tiny jobs, the simulator, processes and sockets of a POC."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from poc_run import CLIENTS, PocError, PocFederation, make_job  # noqa: E402
+
+NVFLARE = Path(sys.executable).with_name("nvflare")
+__all__ = ["CLIENTS", "PocError", "PocFederation", "REPO", "add_result_filters", "kill", "listening_addresses", "make_job",
+           "run_simulator", "scalars", "site_processes", "tiny_job", "wait_for_line"]
+
+
+def tiny_job(destination: Path, data: Path, **overrides) -> Path:
+    """A 32x32, light-selector job on `data` that ships its code (BYOC)."""
+    return make_job(destination, data, {"train.image_size": 32, "server.num_rounds": 2, **overrides}, "byoc")
+
+
+def run_simulator(job: Path, workspace: Path, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+    """Run the job in the NVFlare simulator; the result (log also in `<workspace>.log`) and its seconds."""
+    started = time.monotonic()
+    result = subprocess.run([str(NVFLARE), "simulator", str(job), "-w", str(workspace), "-c", ",".join(CLIENTS),
+                             "-t", str(len(CLIENTS))], capture_output=True, text=True, timeout=timeout)
+    workspace.parent.joinpath(f"{workspace.name}.log").write_text(result.stdout + result.stderr)
+    return result, time.monotonic() - started
+
+
+def add_result_filters(job: Path, faults: dict[str, str], from_round: int = 0) -> None:
+    """Corrupt the train results of some clients (`{client: fault}`, see tests/e2e/fault_injection.py)."""
+    shutil.copy(REPO / "tests" / "e2e" / "fault_injection.py", job / "app" / "custom" / "fault_injection.py")
+    config_file = job / "app" / "config" / "config_fed_client.json"
+    config = json.loads(config_file.read_text())
+    config["task_result_filters"] = [{"tasks": ["train"], "filters": [
+        {"path": "fault_injection.CorruptUpdate", "args": {"client": client, "fault": fault, "from_round": from_round}}
+        for client, fault in faults.items()]}]
+    config_file.write_text(json.dumps(config, indent=2))
+
+
+def scalars(app_dir: Path, tag: str) -> dict[int, float]:
+    """step -> value of one TensorBoard tag in an app folder (empty when the tag was never written)."""
+    accumulator = EventAccumulator(str(app_dir))
+    accumulator.Reload()
+    if tag not in accumulator.Tags()["scalars"]:
+        return {}
+    return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def site_processes(federation: PocFederation, site: str) -> list[int]:
+    """The Python processes of one site of the federation: its parent process and its job processes."""
+    folder = str(federation.site_dir(site))
+    return [pid for pid in federation.processes()
+            if "python" in Path(_cmdline(pid)[0] if _cmdline(pid) else "").name and folder in _cmdline(pid)]
+
+
+def kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for_line(path: Path, text: str, timeout: float) -> None:
+    """Wait until the file at `path` holds `text`."""
+    deadline = time.monotonic() + timeout
+    while not (path.is_file() and text in path.read_text(errors="replace")):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"'{text}' did not appear in {path} within {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def _address(hex_address: str) -> str:
+    host, port = hex_address.split(":")
+    if len(host) == 8:
+        ip = ".".join(str(b) for b in reversed(bytes.fromhex(host)))
+    else:
+        words = [bytes.fromhex(host[i:i + 8])[::-1].hex() for i in range(0, 32, 8)]
+        ip = ":".join(w[j:j + 4] for w in words for j in (0, 4))
+    return f"{ip}:{int(port, 16)}"
+
+
+def listening_addresses(pids: list[int]) -> list[str]:
+    """host:port of every TCP socket in LISTEN state held by the processes `pids`."""
+    inodes = set().union(*(_socket_inodes(pid) for pid in pids))
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                found.append(_address(fields[1]))
+    return found

@@ -1,0 +1,110 @@
+"""Faults of a real federation, in NVFlare POC mode: a client site crashes in the middle of a round,
+the server is killed between rounds. One federation (server + 3 clients) serves the whole module."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from fedsm.config import TrainConfig
+from fedsm.flare.persistor import initial_model_set
+from poc_helpers import (CLIENTS, PocError, PocFederation, kill, listening_addresses, scalars, site_processes, tiny_job,
+                         wait_for_line)
+
+pytestmark = pytest.mark.poc
+TRAIN_TIMEOUT = 20  # seconds a client may take per task: a crashed client holds each round up this long
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    with PocFederation(tmp_path_factory.mktemp("poc_faults")) as federation:
+        federation.prepare()
+        federation.start()
+        yield federation
+
+
+def test_every_listener_of_the_federation_binds_loopback(federation):
+    addresses = listening_addresses(federation.processes())
+    assert f"127.0.0.1:{federation.port}" in addresses
+    assert all(address.startswith(("127.", "0000:0000:0000:0000:0000:0000:0000:0001")) for address in addresses), \
+        addresses
+
+
+def test_client_site_crash_mid_round_the_others_finish_the_run(federation, poc_data, tmp_path):
+    job = tiny_job(tmp_path / "job", poc_data, **{"workflow.train_timeout": TRAIN_TIMEOUT,
+                                                   "workflow.min_clients": 2, "meta.min_clients": 2,
+                                                   "workflow.validate_final_models": False})
+    job_id = federation.submit(job)
+    # client_MSD has validated the round-0 models and is training: kill its parent and job processes
+    wait_for_line(federation.client_job_log("client_MSD", job_id), "round 0 validation", timeout=180)
+    crashed = site_processes(federation, "client_MSD")
+    kill(crashed)
+    status = federation.wait(job_id, timeout=300)
+    # NVFlare marks the job ABNORMAL because the crashed site never reports its end; all rounds ran
+    assert status.startswith("FINISHED"), status
+    results = federation.download(job_id, tmp_path / "download") / "workspace"
+    log = (results / "log.txt").read_text()  # the server's job log
+    for round_number in (0, 1):
+        assert f"no result from client_MSD for task 'train' in round {round_number}" in log
+        assert f"Round {round_number} finished" in log
+        assert f"aggregated ['client_I2CVB', 'client_NCI_ISBI_3T']" in log.split(f"Round {round_number} finished")[1]
+    assert "FedSM finished." in log
+    # the site's supervisor restarted its client process; NVFlare does not let it rejoin the running job
+    restarted = [pid for pid in site_processes(federation, "client_MSD") if pid not in crashed]
+    assert restarted and "round 1" not in federation.client_job_log("client_MSD", job_id).read_text()
+
+    state = torch.load(results / "app_server" / "fedsm_state.pt", weights_only=True)
+    assert state["next_round"] == 2
+    initial = initial_model_set(TrainConfig.from_file(job / "app" / "config" / "config_train.json"), list(CLIENTS))
+    for client in CLIENTS:
+        same = all(np.array_equal(state["personalized"][client][name].numpy(), weights)
+                   for name, weights in initial.personalized[client].items())
+        assert same == (client == "client_MSD"), client  # the crashed client's model is kept unchanged
+    # TensorBoard of each client: points only for the rounds it took part in
+    for client in CLIENTS:
+        client_app = federation.site_dir(client) / job_id / f"app_{client}"
+        validated, trained = scalars(client_app, "val_metric_global_model"), scalars(client_app, "train_loss")
+        if client == "client_MSD":
+            assert sorted(validated) == [0] and trained == {}
+        else:
+            assert sorted(validated) == [0, 1] and sorted(trained) == [0, 1]
+
+
+def test_server_killed_between_rounds_a_resumed_job_continues_from_the_saved_round(federation, poc_data, tmp_path):
+    job_id = federation.submit(tiny_job(tmp_path / "job", poc_data))
+    wait_for_line(federation.server_job_log(job_id), "Round 0 finished", timeout=180)
+    kill(site_processes(federation, "server"))  # the server and its job process; its supervisor restarts it
+    state_file = federation.site_dir("server") / job_id / "app_server" / "fedsm_state.pt"
+    saved_bytes = state_file.read_bytes()
+    saved = torch.load(state_file, weights_only=True)
+    assert saved["next_round"] == 1
+
+    resumed_job = tiny_job(tmp_path / "resumed", poc_data, **{"server.resume_from": str(state_file)})
+    resumed_id = _submit_when_server_is_back(federation, resumed_job)
+    assert federation.wait(resumed_id, timeout=300) == "FINISHED:COMPLETED"
+    results = federation.download(resumed_id, tmp_path / "download") / "workspace"
+    log = (results / "log.txt").read_text()
+    assert f"resuming from {state_file} at round 1" in log
+    assert "Round 0 of" not in log and "Round 1 of 2 started" in log and "FedSM finished." in log
+    assert state_file.read_bytes() == saved_bytes  # the source of the resume is never written to
+
+    final = torch.load(results / "app_server" / "fedsm_state.pt", weights_only=True)
+    assert final["next_round"] == 2 and float(final["selector_moments"]["step"]) == 2.0
+    assert set(saved["best_metrics"]) <= set(final["best_metrics"])  # best metrics carried over
+    for key in ("global", "selector", *(f"personalized/{client}" for client in CLIENTS)):
+        assert final["best_metrics"][key] >= saved["best_metrics"][key], key
+    for client in CLIENTS:
+        client_app = federation.site_dir(client) / resumed_id / f"app_{client}"
+        assert sorted(scalars(client_app, "val_metric_global_model")) == [1, 2], client
+
+
+def _submit_when_server_is_back(federation, job, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return federation.submit(job)
+        except PocError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
