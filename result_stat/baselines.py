@@ -34,10 +34,9 @@ from typing import Any
 
 import torch
 
-from fedsm.config import TrainConfig, resolve_path
+from fedsm.config import TrainConfig
 from fedsm.core.best_models import improves
-from fedsm.data.datalist import check_images_readable, datalist_file, load_datalist
-from fedsm.data.loading import make_loader
+from fedsm.data.site_data import SiteData, load_site_data
 from fedsm.io.atomic import write_text_atomic
 from fedsm.io.checkpoint import save_checkpoint
 from fedsm.models.networks import build_unet
@@ -91,30 +90,14 @@ def read_job(job_dir: str | Path) -> JobSetup:
                     [client for client, _ in sorted(labels.items(), key=lambda item: item[1])])
 
 
-def split_items(config: TrainConfig, datalist_name: str) -> dict[str, list[dict[str, str]]]:
-    """The training and validation pairs of datalist `<datalist_name>.json`, checked readable."""
-    base_dir = resolve_path(config.dataset_base_dir, "dataset_base_dir")
-    datalist_dir = resolve_path(config.datalist_json_path, "datalist_json_path")
-    path = datalist_file(datalist_dir, datalist_name)
-    items = load_datalist(path, base_dir, ("training", "validation"))
-    for split, pairs in items.items():
-        if not pairs:
-            raise ValueError(f"{path}: the '{split}' split is empty")
-        check_images_readable(pairs)
-    return items
-
-
-def train_baseline(name: str, items: dict[str, list[dict[str, str]]], config: TrainConfig, num_rounds: int,
+def train_baseline(name: str, data: SiteData, config: TrainConfig, num_rounds: int,
                    output: Path, device: torch.device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train one UNet on `items["training"]` for `num_rounds` x `local_epochs` epochs, keep the best
-    by Dice on `items["validation"]`; writes best/last checkpoints and results.json into `output`."""
+    """Train one UNet on `data`'s training split for `num_rounds` x `local_epochs` epochs, keep the best
+    by Dice on its validation split; writes best/last checkpoints and results.json into `output`."""
     torch.manual_seed(config.seed)
     model = build_unet().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    loader_args = dict(image_size=config.image_size, batch_size=config.batch_size, cache_rate=config.cache_dataset,
-                       num_workers=config.num_workers, seed=config.seed)
-    train_loader = make_loader(items["training"], shuffle=True, **loader_args)
-    val_loader = make_loader(items["validation"], shuffle=False, **loader_args)
+    train_loader, val_loader = data.train_loader, data.val_loader
     output.mkdir(parents=True, exist_ok=True)
     best: dict[str, float] = {}
     history = []
@@ -146,8 +129,8 @@ def train_baseline(name: str, items: dict[str, list[dict[str, str]]], config: Tr
         "num_rounds": num_rounds,
         "local_epochs": config.local_epochs,
         "epochs": num_rounds * config.local_epochs,
-        "train_images": len(items["training"]),
-        "val_images": len(items["validation"]),
+        "train_images": data.num_training,
+        "val_images": data.num_validation,
         "best_round": int(best.get("round", 0)),
         "best_val_dice": best.get("val_dice"),
         "seconds": round(time.monotonic() - started, 1),
@@ -160,16 +143,16 @@ def train_baseline(name: str, items: dict[str, list[dict[str, str]]], config: Tr
 
 
 def run_centralized(job: JobSetup, output: Path, device: torch.device) -> dict[str, Any]:
-    items = split_items(job.train_config, POOLED_DATALIST)
-    return train_baseline("centralized", items, job.train_config, job.num_rounds, output, device,
+    data = load_site_data(job.train_config, POOLED_DATALIST)
+    return train_baseline("centralized", data, job.train_config, job.num_rounds, output, device,
                           {"datalist": POOLED_DATALIST, "job": str(job.job_dir)})
 
 
 def run_local(job: JobSetup, output: Path, device: torch.device, sites: Sequence[str] | None = None) -> dict[str, Any]:
     results = {}
     for client in sites or job.sites:
-        items = split_items(job.train_config, client)
-        results[client] = train_baseline(f"local {client}", items, job.train_config, job.num_rounds,
+        data = load_site_data(job.train_config, client)
+        results[client] = train_baseline(f"local {client}", data, job.train_config, job.num_rounds,
                                          output / client, device, {"datalist": client, "job": str(job.job_dir)})
     return results
 

@@ -30,9 +30,8 @@ from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
 from torch.utils.tensorboard import SummaryWriter
 
-from fedsm.config import TrainConfig, resolve_path
-from fedsm.data.datalist import check_images_readable, datalist_file, load_datalist
-from fedsm.data.loading import make_loader
+from fedsm.config import TrainConfig
+from fedsm.data.site_data import load_site_data
 from fedsm.flare.learner import SIMULATOR_JOB_ID, choose_device, cpu_threads
 from fedsm.models.networks import build_unet
 from fedsm.models.weights import get_weights, set_weights, weight_difference
@@ -77,28 +76,18 @@ class UNetFedAvgExecutor(Executor):
         self.app_root = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
         self.client_name = fl_ctx.get_identity_name()
         self.config = TrainConfig.from_file(self.app_root / "config" / self.train_config_filename)
-        base_dir = resolve_path(self.config.dataset_base_dir, "dataset_base_dir")
-        datalist_dir = resolve_path(self.config.datalist_json_path, "datalist_json_path")
-        datalist = load_datalist(datalist_file(datalist_dir, self.client_name), base_dir, ("training", "validation"))
-        for split in ("training", "validation"):
-            if not datalist[split]:
-                raise ValueError(f"{datalist_file(datalist_dir, self.client_name)}: the '{split}' split is empty")
-            check_images_readable(datalist[split])
-        self.num_validation = len(datalist["validation"])
+        data = load_site_data(self.config, self.client_name)
+        self.train_loader, self.val_loader = data.train_loader, data.val_loader
+        self.num_validation = data.num_validation
         self.device = choose_device()
         if self.device.type == "cpu":
             in_simulator = fl_ctx.get_job_id() == SIMULATOR_JOB_ID
             torch.set_num_threads(cpu_threads(self.config.torch_threads, self.clients_per_host if in_simulator else 1))
-        loader_args = dict(image_size=self.config.image_size, batch_size=self.config.batch_size,
-                           cache_rate=self.config.cache_dataset, num_workers=self.config.num_workers,
-                           seed=self.config.seed)
-        self.train_loader = make_loader(datalist["training"], shuffle=True, **loader_args)
-        self.val_loader = make_loader(datalist["validation"], shuffle=False, **loader_args)
         self.model = build_unet().to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
         self.writer = SummaryWriter(log_dir=str(self.app_root))
         self.ready = True
-        self.log_info(fl_ctx, f"{self.client_name}: {len(datalist['training'])} training and "
+        self.log_info(fl_ctx, f"{self.client_name}: {data.num_training} training and "
                               f"{self.num_validation} validation images, device {self.device}")
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:

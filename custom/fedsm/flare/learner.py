@@ -13,12 +13,11 @@ from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from torch.utils.tensorboard import SummaryWriter
 
-from ..config import TrainConfig, resolve_path
+from ..config import TrainConfig
 from ..core.adam_moments import extract_adam_moments, load_adam_moments
 from ..core.best_models import improves
 from ..core.selector_update import GRADIENT_UPLOAD
-from ..data.datalist import check_images_readable, datalist_file, load_datalist
-from ..data.loading import make_loader
+from ..data.site_data import load_site_data
 from ..io.checkpoint import save_checkpoint
 from ..models.networks import build_models
 from ..models.weights import get_weights, set_weights, weight_difference
@@ -75,20 +74,10 @@ class FedSMLearner(Executor):
         self.in_simulator = fl_ctx.get_job_id() == SIMULATOR_JOB_ID
         self.config = TrainConfig.from_file(self.app_root / "config" / self.train_config_filename)
         torch.manual_seed(self.config.seed)
-        base_dir = resolve_path(self.config.dataset_base_dir, "dataset_base_dir")
-        datalist_dir = resolve_path(self.config.datalist_json_path, "datalist_json_path")
-        datalist = load_datalist(datalist_file(datalist_dir, self.client_name), base_dir, ("training", "validation"))
-        for split in ("training", "validation"):
-            if not datalist[split]:
-                raise ValueError(f"{datalist_file(datalist_dir, self.client_name)}: the '{split}' split is empty")
-            check_images_readable(datalist[split])
-        self.num_validation = len(datalist["validation"])
+        data = load_site_data(self.config, self.client_name)
+        self.train_loader, self.val_loader = data.train_loader, data.val_loader
+        self.num_validation = data.num_validation
         self.device = choose_device()
-        loader_args = dict(image_size=self.config.image_size, batch_size=self.config.batch_size,
-                           cache_rate=self.config.cache_dataset, num_workers=self.config.num_workers,
-                           seed=self.config.seed)
-        self.train_loader = make_loader(datalist["training"], shuffle=True, **loader_args)
-        self.val_loader = make_loader(datalist["validation"], shuffle=False, **loader_args)
         self.models = {kind: model.to(self.device) for kind, model in build_models(self.config.as_dict()).items()}
         self.optimizers = {
             "global": torch.optim.Adam(self.models["global"].parameters(), lr=self.config.learning_rate),
@@ -98,7 +87,7 @@ class FedSMLearner(Executor):
         self.writer = SummaryWriter(log_dir=str(self.app_root))
         self.best_metrics: dict[str, float] = {}
         self.ready = True
-        self.log_info(fl_ctx, f"{self.client_name}: {len(datalist['training'])} training and "
+        self.log_info(fl_ctx, f"{self.client_name}: {data.num_training} training and "
                               f"{self.num_validation} validation images, device {self.device}")
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
