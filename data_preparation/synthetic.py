@@ -17,7 +17,6 @@ DIR/dataset_2D (PNG slices) and DIR/datalist_2D (datalist JSONs) and prints a su
 """
 
 import argparse
-import dataclasses
 import json
 import logging
 import shutil

@@ -695,7 +695,7 @@ def write_outputs(output: Path, results: dict[str, Any], methods: Sequence[Metho
         save_png(plot_selector_rounds(curves), output / "selector_accuracy.png")
 
     # markdown
-    md = [f"# Generalization gap report", "",
+    md = ["# Generalization gap report", "",
           f"Created {results['created']} on {results['device']}. Test data: the `{TEST_SPLIT}` split of "
           f"{', '.join(short(s) for s in sites)}"
           + (f"; unseen site(s) {', '.join(short(u) for u in unseen)} (splits: {', '.join(results['unseen_splits'])}; "
