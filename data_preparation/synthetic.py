@@ -65,7 +65,7 @@ class SiteProfile:
 SITE_PROFILES: dict[str, SiteProfile] = {
     "I2CVB": SiteProfile(128, 1.15, 3.0, (18, 22), 650.0, 0.03, 0.15, 1.25),
     "MSD": SiteProfile(160, 1.0, 3.6, (16, 20), 1150.0, 0.02, 0.35, 1.5),
-    "NCI_ISBI_3T": SiteProfile(144, 0.95, 4.0, (16, 20), 900.0, 0.045, 0.2, 1.1, mask_dilation_vox=2),
+    "NCI_ISBI_3T": SiteProfile(144, 0.7, 4.0, (16, 20), 900.0, 0.055, 0.2, 1.1, mask_dilation_vox=3),
     UNSEEN_SITE: SiteProfile(96, 1.9, 4.5, (16, 18), 1500.0, 0.08, 0.45, 0.75),
 }
 
