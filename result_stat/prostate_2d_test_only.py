@@ -6,7 +6,9 @@
 
 For each test image the selector's softmax gives a top site and its probability p; if p > threshold
 the image is segmented by that site's best personalized model, else by the best global model (so a
-threshold of 1.0 means the global model only). Segmentation: sigmoid, threshold 0.5; metric:
+threshold of 1.0 means the global model only). A site without a best personalized checkpoint (its
+client left the run before its first validation) is warned about, and images routed to it fall back
+to the global model. Segmentation: sigmoid, threshold 0.5; metric:
 foreground Dice per image, averaged over images.
 
 The sites, their selector labels and the model architectures come from the run's own saved config
@@ -228,7 +230,7 @@ def load_run_setup(models_dir: Path) -> RunSetup:
 
 
 def checkpoint_files(models_dir: Path, clients: Sequence[str]) -> dict[str, Path]:
-    """The best checkpoints the super model needs: `global`, `selector` and one per client name."""
+    """The best checkpoints of the super model: `global`, `selector` and one per client name."""
     files = {"global": models_dir / best_checkpoint_name("global"),
              "selector": models_dir / best_checkpoint_name("selector")}
     for client in clients:
@@ -237,7 +239,8 @@ def checkpoint_files(models_dir: Path, clients: Sequence[str]) -> dict[str, Path
 
 
 def check_checkpoints_exist(files: Mapping[str, Path], models_dir: Path) -> None:
-    """Raise `MissingCheckpointError` naming every missing file and listing the checkpoints that exist."""
+    """Raise `MissingCheckpointError` naming every missing file of `files` and listing the checkpoints
+    that exist."""
     missing = [path for path in files.values() if not path.is_file()]
     if not missing:
         return
@@ -274,12 +277,16 @@ class BestModels:
 def load_best_models(setup: RunSetup, device: torch.device) -> BestModels:
     """Build the architectures named in the run's config and load the best checkpoints into them."""
     files = checkpoint_files(setup.models_dir, list(setup.labels))
-    check_checkpoints_exist(files, setup.models_dir)
+    check_checkpoints_exist({key: files[key] for key in ("global", "selector")}, setup.models_dir)
+    without = [client for client in setup.labels if not files[client].is_file()]
+    for client in without:
+        logger.warning("%s has no best personalized model (%s missing: the client never validated in this run); "
+                       "images routed to it are segmented by the global model", client, files[client])
     config = setup.train_config
     models: dict[str, nn.Module] = {
         "global": build_unet(),
         "selector": build_selector(config.selector, config.select_num_classes),
-        **{client: build_unet() for client in setup.labels},
+        **{client: build_unet() for client in setup.labels if client not in without},
     }
     for key, model in models.items():
         if key == "selector":
@@ -292,7 +299,7 @@ def load_best_models(setup: RunSetup, device: torch.device) -> BestModels:
     return BestModels(
         selector=models["selector"],
         global_model=models["global"],
-        personalized={label: models[client] for client, label in setup.labels.items()},
+        personalized={label: models[client] for client, label in setup.labels.items() if client in models},
     )
 
 

@@ -207,15 +207,27 @@ def test_trailing_slash_and_workspace_give_the_same_result(base_run, tmp_path):
     assert workspace["models_dir"] == str(app)
 
 
-def test_missing_checkpoint_names_the_file_and_lists_what_exists(run_copy, tmp_path):
-    missing = run_copy / best_checkpoint_name("personalized", "client_MSD")
+def test_missing_global_checkpoint_names_the_file_and_lists_what_exists(run_copy):
+    missing = run_copy / best_checkpoint_name("global")
     missing.unlink()
     with pytest.raises(SystemExit) as exit_info:
         test_only.main(["--models_dir", str(run_copy)])
     message = str(exit_info.value.code)
     assert str(missing) in message
-    assert "best_global_model.pt" in message and "best_selector_model.pt" in message
-    assert best_checkpoint_name("personalized", "client_I2CVB") in message
+    assert "best_selector_model.pt" in message and best_checkpoint_name("personalized", "client_I2CVB") in message
+
+
+def test_a_site_without_best_personalized_model_falls_back_to_the_global_model(run_copy, tmp_path, caplog):
+    """A client that left before its first validation has no best personalized checkpoint: images the
+    selector routes to it are segmented by the global model, with a warning naming the file."""
+    _rig_selector(run_copy, LABELS["client_MSD"])
+    missing = run_copy / best_checkpoint_name("personalized", "client_MSD")
+    missing.unlink()
+    results, _ = _run(tmp_path, "--models_dir", str(run_copy), "--select_threshold", "0.5")
+    assert str(missing) in caplog.text
+    pooled = results["pooled"]
+    assert pooled["personalized_share"] == 0.0
+    assert results["test_dice"] == pytest.approx(pooled["global_dice"], abs=1e-9)
 
 
 def test_checkpoint_of_another_architecture_is_a_clear_error(run_copy):
