@@ -2,8 +2,9 @@
 
 Each site has a `SiteProfile`: matrix size and voxel spacing (stored in the NIfTI affine), intensity
 scale, noise, smooth multiplicative bias field and prostate/muscle contrast, like different scanners
-and protocols. NCI_ISBI_3T's annotators draw the outline 2 voxels outside the capsule (masks dilated
-in-plane), so a site-specific model can beat the global one there. UNSEEN is a held-out fourth site
+and protocols. NCI_ISBI_3T is imaged with a small field of view (0.7 mm, the body outline cut off) and
+its annotators draw the outline 3 voxels (2 mm) outside the capsule (masks dilated in-plane), so a
+site-specific model can beat the global one there. UNSEEN is a held-out fourth site
 resembling none of the others (coarse matrix, thick slices, high noise, inverted prostate contrast).
 
 Anatomy per case: a body ellipse with subcutaneous fat and textured muscle, fatty patches, a rectum
