@@ -40,6 +40,20 @@ def test_moments_keyed_by_name_survive_round_trip_into_fresh_optimizer():
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_moments_handed_over_share_memory_and_others_are_copied():
+    model, optimizer = _trained()
+    moments = {key: np.array(value) for key, value in extract_adam_moments(optimizer, model.named_parameters()).items()}
+    fresh = torch.optim.Adam(model.parameters(), lr=1e-2)
+    load_adam_moments(fresh, model.named_parameters(), moments, share_memory=True)
+    first = next(iter(model.parameters()))
+    assert np.shares_memory(fresh.state[first]["exp_avg"].numpy(), moments["exp_avg/0.weight"])
+    read_only = {key: value.copy() for key, value in moments.items()}
+    for value in read_only.values():
+        value.flags.writeable = False  # as some arrays arrive from NVFlare: never written through
+    load_adam_moments(fresh, model.named_parameters(), read_only, share_memory=True)
+    assert not np.shares_memory(fresh.state[first]["exp_avg"].numpy(), read_only["exp_avg/0.weight"])
+
+
 def test_empty_moments_reset_optimizer_and_mismatch_is_named():
     model, optimizer = _trained()
     load_adam_moments(optimizer, model.named_parameters(), {})

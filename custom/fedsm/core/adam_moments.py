@@ -38,12 +38,25 @@ def extract_adam_moments(
     return moments
 
 
+def _as_state_tensor(value: np.ndarray, param: torch.nn.Parameter, share_memory: bool) -> torch.Tensor:
+    """`value` as optimizer state for `param`: with `share_memory`, the array itself when it is a
+    writable CPU array of the parameter's dtype (Adam then updates it in place), else a copy."""
+    if share_memory and value.flags.writeable and value.flags.c_contiguous and param.device.type == "cpu" \
+            and torch.from_numpy(value[:0]).dtype == param.dtype:
+        return torch.from_numpy(value)
+    return torch.tensor(value, dtype=param.dtype, device=param.device)
+
+
 def load_adam_moments(
     optimizer: torch.optim.Optimizer,
     named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
     moments: Mapping[str, np.ndarray],
+    share_memory: bool = False,
 ) -> None:
     """Replace the optimizer state by `moments` (as made by `extract_adam_moments`), matched by name.
+
+    `share_memory=True` hands the arrays over to the optimizer instead of copying them (for moments
+    nobody else uses, such as those just received), which saves their size in memory.
 
     An empty mapping clears the state (a fresh Adam). Otherwise every parameter needs both moments
     with its shape; a missing, extra or misshaped key raises a KeyError/ValueError naming it.
@@ -64,7 +77,7 @@ def load_adam_moments(
             value = np.asarray(moments[moment_key(kind, name)])
             if value.shape != tuple(param.shape):
                 raise ValueError(f"Adam {kind} of '{name}' has shape {value.shape}, parameter has {tuple(param.shape)}")
-            state[kind] = torch.tensor(value, dtype=param.dtype, device=param.device)
+            state[kind] = _as_state_tensor(value, param, share_memory)
         optimizer.state[param] = state
 
 

@@ -122,9 +122,13 @@ class FedSMLearner(Executor):
             return make_reply(ReturnCode.TASK_ABORTED)
         started = time.monotonic()
         update, steps = self._train(round_number, label, received, fl_ctx)
-        update["global"] = weight_difference(update["global"], received["global"])
+        # differences written over the trained global and selector weights (the next task loads new
+        # ones); the received weights are popped so that their memory is free before the upload
+        update["global"] = weight_difference(update["global"], received.pop("global"))
+        received_selector = received.pop("selector")
         if "selector" in update:
-            update["selector"] = weight_difference(update["selector"], received["selector"])
+            update["selector"] = weight_difference(update["selector"], received_selector)
+        del received_selector
         seconds["train"], seconds["busy_until"] = time.monotonic() - started, time.time()
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
@@ -164,7 +168,7 @@ class FedSMLearner(Executor):
         else:
             # popped from the received message, so its memory is released once loaded
             load_adam_moments(self.optimizers["selector"], selector.named_parameters(),
-                              received.pop("selector_moments"))
+                              received.pop("selector_moments"), share_memory=True)
             loss_selector = train_selector_full_batch(selector, self.optimizers["selector"], self.train_loader, label,
                                                       self.config.selector_local_epochs, self.device)
             selector_update = {

@@ -1,21 +1,40 @@
 """What travels between the FedSM server and its clients: one DXO collection of named weight dicts.
 
 Server to client (`TASK_PARTS`): the global model, that client's own personalized model, the
-selector and the averaged selector Adam moments (empty in round 0, and always with `server_adam`),
-plus meta (round, the client's selector label, the number of clients). Client to server: the global
-weight difference, the personalized weights after local training, the selector update (weight
-difference and Adam moments, or with `server_adam` the full-batch gradient), and meta (aggregation
+selector and the averaged selector Adam moments (only in train tasks from round 1 on, and only with
+`client_adam`, where clients take the Adam step), plus meta (round, the client's selector label, the
+number of clients). Client to server: the global weight difference, the personalized weights after
+local training, the selector update (weight difference and Adam moments, or the full-batch gradient
+with `client_adam_on_server` and `server_adam`), and meta (aggregation
 weight, label, validation metrics of the received models, seconds spent).
+
+Arrays travel as torch tensors (NVFlare's safetensors-based tensor transport is faster than its
+NumPy one, and the server may keep received tensors on disk until it reads them: `tensor disk
+offload`); `unpack` gives NumPy arrays back. Arrays larger than `PIECE_BYTES` travel as row pieces (views, no copy on the sender) and are joined
+on arrival. NVFlare 2.9 serializes and downloads every array as one item whatever its size, so a
+VGG11 selector's 392 MB fc6 weight would otherwise be held serialized whole, per receiving client,
+on both sides; in pieces the transfer buffers stay small and the transfer is faster. Pieces are
+larger than glibc's largest dynamic mmap threshold (32 MiB), so the memory of every piece and of its
+transfer buffers goes back to the system when freed instead of staying in the allocator's heap.
 """
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+import torch
 from nvflare.apis.dxo import DXO, DataKind, from_shareable
 from nvflare.apis.shareable import Shareable
+from nvflare.app_opt.pt.decomposers import TensorDecomposer
+from nvflare.fuel.utils import fobs
+
+from ..models.weights import numpy_to_tensor
+
+fobs.register(TensorDecomposer)  # both ends need it before the first message; registering twice is a no-op
 
 TASK_PARTS = ("global", "personalized", "selector", "selector_moments")
-__all__ = ["TASK_PARTS", "Meta", "pack", "payload_bytes", "unpack"]
+PIECE_BYTES = 64 * 1024 * 1024
+__all__ = ["PIECE_BYTES", "TASK_PARTS", "Meta", "join_pieces", "pack", "payload_bytes", "split_into_pieces", "unpack"]
 
 
 class Meta:
@@ -28,6 +47,63 @@ class Meta:
     NUM_VAL = "fedsm_num_validation_images"
     SECONDS = "fedsm_seconds"  # {"validate": s, "train": s, "busy_from"/"busy_until": the client's clock}
     START_ERROR = "fedsm_start_error"  # reply header: why the client could not start (names the file)
+    PIECES = "fedsm_pieces"  # {part: {array name: number of row pieces}} of the arrays sent in pieces
+
+
+def _to_numpy(value: Any) -> Any:
+    """A received array as NumPy: tensors share their memory, offloaded tensors are read from disk."""
+    if hasattr(value, "materialize"):  # NVFlare's reference to a tensor offloaded to disk
+        value = value.materialize()
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    return value
+
+
+def _piece_key(name: str, index: int) -> str:
+    return f"{name}#{index}"
+
+
+def split_into_pieces(weights: Mapping[str, np.ndarray], piece_bytes: int = PIECE_BYTES
+                      ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """`weights` with every array over `piece_bytes` replaced by row pieces `<name>#<i>` (views of
+    it); returns the new dict and {name: number of pieces} of the arrays split."""
+    out, pieces = {}, {}
+    for name, array in weights.items():
+        array = np.asarray(array)
+        count = min(array.shape[0], -(-array.nbytes // piece_bytes)) if array.ndim else 1
+        if count <= 1:
+            out[name] = array if array.flags.c_contiguous else np.ascontiguousarray(array)  # for tensor transport
+            continue
+        for index, piece in enumerate(np.array_split(np.ascontiguousarray(array), count, axis=0)):
+            out[_piece_key(name, index)] = piece
+        pieces[name] = count
+    return out, pieces
+
+
+def join_pieces(weights: dict[str, np.ndarray], pieces: Mapping[str, int]) -> None:
+    """Undo `split_into_pieces` in place: each split array is rebuilt in one new buffer while its
+    pieces are dropped one by one (peak: the array plus one piece). Joining twice is harmless."""
+    for name, count in pieces.items():
+        keys = [_piece_key(name, index) for index in range(int(count))]
+        if name in weights and not any(key in weights for key in keys):
+            continue
+        missing = [key for key in keys if key not in weights]
+        if missing:
+            raise ValueError(f"'{name}' arrived without its pieces {missing[:3]}")
+        first = _to_numpy(weights[keys[0]])
+        shapes = [tuple(getattr(weights[key], "shape", ())) for key in keys]
+        if not isinstance(first, np.ndarray) or any(len(shape) == 0 for shape in shapes):
+            raise ValueError(f"the pieces of '{name}' are not all arrays of at least one dimension")
+        joined = np.empty((sum(shape[0] for shape in shapes), *first.shape[1:]), dtype=first.dtype)
+        row = 0
+        for key in keys:
+            piece = _to_numpy(weights.pop(key))
+            if piece.shape[1:] != first.shape[1:] or piece.dtype != first.dtype:
+                raise ValueError(f"piece '{key}' has shape {piece.shape} {piece.dtype}, "
+                                 f"unlike '{keys[0]}' {first.shape} {first.dtype}")
+            joined[row:row + len(piece)] = piece
+            row += len(piece)
+        weights[name] = joined
 
 
 def payload_bytes(parts: Mapping[str, Mapping[str, np.ndarray]]) -> int:
@@ -35,9 +111,15 @@ def payload_bytes(parts: Mapping[str, Mapping[str, np.ndarray]]) -> int:
     return sum(np.asarray(array).nbytes for weights in parts.values() for array in weights.values())
 
 
-def pack(parts: Mapping[str, Mapping[str, np.ndarray]], meta: dict) -> Shareable:
-    """A Shareable holding the named weight dicts `parts` and `meta`."""
-    return DXO(data_kind=DataKind.COLLECTION, data={name: dict(w) for name, w in parts.items()}, meta=meta).to_shareable()
+def pack(parts: Mapping[str, Mapping[str, np.ndarray]], meta: dict, piece_bytes: int = PIECE_BYTES) -> Shareable:
+    """A Shareable holding the named weight dicts `parts` (large arrays in row pieces) and `meta`."""
+    data, pieces = {}, {}
+    for part, weights in parts.items():
+        arrays, split = split_into_pieces(weights, piece_bytes)
+        data[part] = {name: numpy_to_tensor(array) for name, array in arrays.items()}
+        if split:
+            pieces[part] = split
+    return DXO(data_kind=DataKind.COLLECTION, data=data, meta={**meta, Meta.PIECES: pieces}).to_shareable()
 
 
 def unpack(shareable: Shareable, expected_parts) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
@@ -51,4 +133,15 @@ def unpack(shareable: Shareable, expected_parts) -> tuple[dict[str, dict[str, np
     missing = [part for part in expected_parts if not isinstance(dxo.data.get(part), dict)]
     if missing:
         raise ValueError(f"FedSM message lacks {missing}")
+    pieces = dxo.meta.get(Meta.PIECES) or {}
+    if not isinstance(pieces, Mapping):
+        raise ValueError(f"malformed {Meta.PIECES}: {pieces!r}")
+    for part, weights in dxo.data.items():
+        if not isinstance(weights, dict):
+            continue
+        split = pieces.get(part)
+        if isinstance(split, Mapping):
+            join_pieces(weights, split)
+        for name, value in weights.items():
+            weights[name] = _to_numpy(value)
     return dxo.data, dict(dxo.meta)

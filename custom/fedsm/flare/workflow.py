@@ -12,6 +12,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.impl.controller import Controller
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
+from nvflare.app_common.utils.tensor_disk_offload_context import cleanup_tensor_disk_offload, setup_tensor_disk_offload
 
 from ..core.best_models import improved_models, mean_metric, GLOBAL_METRIC, SELECTOR_METRIC
 from ..core.model_set import ModelSet
@@ -47,6 +48,7 @@ class FedSMController(Controller):
         train_timeout: int = 0,
         min_clients: int = 1,
         validate_final_models: bool = True,
+        tensor_disk_offload: bool = True,
     ):
         """
         Args:
@@ -56,6 +58,9 @@ class FedSMController(Controller):
             train_timeout: seconds a client may take for a task (0: no limit).
             min_clients: fewest valid updates a round needs; fewer stops the run.
             validate_final_models: after the last round, have every client validate the final models.
+            tensor_disk_offload: the server writes incoming client updates to temporary files as they
+                arrive and reads each one back while aggregating it (NVFlare's tensor disk offload),
+                so that concurrent uploads of large updates do not all sit in memory at once.
         """
         super().__init__()
         self.num_rounds = num_rounds
@@ -68,6 +73,7 @@ class FedSMController(Controller):
         self.train_timeout = train_timeout
         self.min_clients = min_clients
         self.validate_final_models = validate_final_models
+        self.tensor_disk_offload = tensor_disk_offload
         self._lock = threading.Lock()
         self._metrics: dict[str, dict[str, float]] = {}
         self._sizes: dict[str, int] = {}
@@ -93,6 +99,15 @@ class FedSMController(Controller):
             self.system_panic(f"FedSM configuration error: {error}", fl_ctx)
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext):
+        offload = setup_tensor_disk_offload(self._engine, self.tensor_disk_offload, fl_ctx.get_job_id())
+        if self.tensor_disk_offload and not offload.applied:
+            self.log_warning(fl_ctx, "tensor_disk_offload: no cell to configure; client updates are received in memory")
+        try:
+            self._run_rounds(abort_signal, fl_ctx)
+        finally:
+            cleanup_tensor_disk_offload(self._engine, offload)
+
+    def _run_rounds(self, abort_signal: Signal, fl_ctx: FLContext):
         clients = self._participants(fl_ctx)
         if clients is None:
             return
@@ -176,7 +191,8 @@ class FedSMController(Controller):
         for client in clients:
             parts = {"global": models.global_model, "personalized": models.personalized[client],
                      "selector": models.selector,
-                     "selector_moments": models.selector_moments if self._clients_step_selector else {}}
+                     "selector_moments": models.selector_moments
+                     if self._clients_step_selector and task_name == self.train_task_name else {}}
             self._bytes_down[client] = payload_bytes(parts)
             data = pack(parts, {Meta.ROUND: models.next_round, Meta.NUM_ROUNDS: self.num_rounds,
                                 Meta.LABEL: self.labels[client], Meta.NUM_CLIENTS: len(clients)})

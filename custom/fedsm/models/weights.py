@@ -27,9 +27,10 @@ def set_weights(model: torch.nn.Module, weights: Mapping[str, np.ndarray]) -> No
 
 
 def weight_difference(new: Mapping[str, np.ndarray], old: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`new - old`, name by name, in each array's dtype; written into `old`'s buffers where they are
-    writable (the old weights are not needed afterwards), so no memory is allocated for them."""
-    return {
-        name: np.subtract(array, old[name], out=old[name] if old[name].flags.writeable else None, dtype=array.dtype)
-        for name, array in new.items()
-    }
+    """`new - old`, name by name, in each array's dtype, written into `new`'s buffers.
+
+    Callers pass trained weights they no longer need as such (views of a model whose weights are
+    replaced by the next round's before any use), so no memory is allocated; `old` may be read-only,
+    as arrays received from NVFlare are.
+    """
+    return {name: np.subtract(array, old[name], out=array) for name, array in new.items()}
