@@ -20,7 +20,7 @@ def _selector():
 def test_split_makes_row_views_of_large_arrays_only():
     weights = _selector()
     pieces, split = split_into_pieces(weights, piece_bytes=16 * KIB)
-    assert split == {"fc.weight": 8}
+    assert split == {"fc.weight": [8, 300, 100]}
     assert pieces["fc.bias"] is weights["fc.bias"] and pieces["step"] is weights["step"]
     rows = [pieces[f"fc.weight#{i}"] for i in range(8)]
     assert all(np.shares_memory(row, weights["fc.weight"]) and row.nbytes <= 16 * KIB for row in rows)
@@ -63,3 +63,20 @@ def test_pack_and_unpack_through_nvflare_serialization():
 def test_unpack_rejects_a_message_without_an_expected_part():
     with pytest.raises(ValueError, match="selector"):
         unpack(pack({"global": {}}, {}), ("global", "selector"))
+
+
+def test_unpack_reads_back_updates_spooled_to_disk(tmp_path):
+    """With the server's update spool on, NVFlare hands over references to tensors on disk."""
+    from nvflare.app_opt.pt.lazy_tensor_dict import LazyTensorDict
+    from safetensors.torch import save_file
+
+    selector = _selector()
+    shareable = pack({"selector": selector}, {}, piece_bytes=16 * KIB)
+    tensors = shareable["DXO"]["data"]["selector"]
+    save_file({key: tensor.contiguous() for key, tensor in tensors.items()}, str(tmp_path / "update.safetensors"))
+    spooled = LazyTensorDict({key: (str(tmp_path / "update.safetensors"), key) for key in tensors}, str(tmp_path))
+    shareable["DXO"]["data"]["selector"] = {key: spooled.make_lazy_ref(key) for key in tensors}
+    parts, _ = unpack(shareable, ("selector",))
+    for name, array in selector.items():
+        np.testing.assert_array_equal(parts["selector"][name], array)
+        assert parts["selector"][name].shape == array.shape

@@ -64,9 +64,9 @@ def _piece_key(name: str, index: int) -> str:
 
 
 def split_into_pieces(weights: Mapping[str, np.ndarray], piece_bytes: int = PIECE_BYTES
-                      ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+                      ) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
     """`weights` with every array over `piece_bytes` replaced by row pieces `<name>#<i>` (views of
-    it); returns the new dict and {name: number of pieces} of the arrays split."""
+    it); returns the new dict and {name: [number of pieces, *shape]} of the arrays split."""
     out, pieces = {}, {}
     for name, array in weights.items():
         array = np.asarray(array)
@@ -76,33 +76,34 @@ def split_into_pieces(weights: Mapping[str, np.ndarray], piece_bytes: int = PIEC
             continue
         for index, piece in enumerate(np.array_split(np.ascontiguousarray(array), count, axis=0)):
             out[_piece_key(name, index)] = piece
-        pieces[name] = count
+        pieces[name] = [count, *array.shape]
     return out, pieces
 
 
-def join_pieces(weights: dict[str, np.ndarray], pieces: Mapping[str, int]) -> None:
+def join_pieces(weights: dict[str, Any], pieces: Mapping[str, list[int]]) -> None:
     """Undo `split_into_pieces` in place: each split array is rebuilt in one new buffer while its
-    pieces are dropped one by one (peak: the array plus one piece). Joining twice is harmless."""
-    for name, count in pieces.items():
+    pieces (arrays, tensors or references to tensors on disk) are read and dropped one by one, so
+    the peak is the array plus one piece. Joining twice is harmless."""
+    for name, (count, *shape) in pieces.items():
         keys = [_piece_key(name, index) for index in range(int(count))]
         if name in weights and not any(key in weights for key in keys):
             continue
         missing = [key for key in keys if key not in weights]
         if missing:
             raise ValueError(f"'{name}' arrived without its pieces {missing[:3]}")
-        first = _to_numpy(weights[keys[0]])
-        shapes = [tuple(getattr(weights[key], "shape", ())) for key in keys]
-        if not isinstance(first, np.ndarray) or any(len(shape) == 0 for shape in shapes):
-            raise ValueError(f"the pieces of '{name}' are not all arrays of at least one dimension")
-        joined = np.empty((sum(shape[0] for shape in shapes), *first.shape[1:]), dtype=first.dtype)
-        row = 0
+        joined, row = None, 0
         for key in keys:
             piece = _to_numpy(weights.pop(key))
-            if piece.shape[1:] != first.shape[1:] or piece.dtype != first.dtype:
-                raise ValueError(f"piece '{key}' has shape {piece.shape} {piece.dtype}, "
-                                 f"unlike '{keys[0]}' {first.shape} {first.dtype}")
+            if not isinstance(piece, np.ndarray) or piece.ndim != len(shape) or piece.shape[1:] != tuple(shape[1:]) \
+                    or row + len(piece) > shape[0] or (joined is not None and piece.dtype != joined.dtype):
+                raise ValueError(f"piece '{key}' ({getattr(piece, 'shape', type(piece))}) does not fit "
+                                 f"'{name}' of shape {tuple(shape)}")
+            if joined is None:
+                joined = np.empty(shape, dtype=piece.dtype)
             joined[row:row + len(piece)] = piece
             row += len(piece)
+        if row != shape[0]:
+            raise ValueError(f"the pieces of '{name}' hold {row} of its {shape[0]} rows")
         weights[name] = joined
 
 

@@ -12,12 +12,12 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.impl.controller import Controller
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
-from nvflare.app_common.utils.tensor_disk_offload_context import cleanup_tensor_disk_offload, setup_tensor_disk_offload
 
 from ..core.best_models import improved_models, mean_metric, GLOBAL_METRIC, SELECTOR_METRIC
 from ..core.model_set import ModelSet
 from .aggregator import FedSMAggregator
 from .persistor import FedSMModelPersistor
+from .update_spool import receiving_cells, spool_updates_to_disk
 from .wire import Meta, pack, payload_bytes, unpack
 
 
@@ -99,13 +99,14 @@ class FedSMController(Controller):
             self.system_panic(f"FedSM configuration error: {error}", fl_ctx)
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext):
-        offload = setup_tensor_disk_offload(self._engine, self.tensor_disk_offload, fl_ctx.get_job_id())
-        if self.tensor_disk_offload and not offload.applied:
-            self.log_warning(fl_ctx, "tensor_disk_offload: no cell to configure; client updates are received in memory")
-        try:
+        if not self.tensor_disk_offload:
             self._run_rounds(abort_signal, fl_ctx)
-        finally:
-            cleanup_tensor_disk_offload(self._engine, offload)
+            return
+        cells = receiving_cells(self._engine, fl_ctx.get_job_id())
+        with spool_updates_to_disk(cells, fl_ctx.get_job_id()) as folder:
+            if folder is None:
+                self.log_warning(fl_ctx, "tensor_disk_offload: no cell to configure; client updates stay in memory")
+            self._run_rounds(abort_signal, fl_ctx)
 
     def _run_rounds(self, abort_signal: Signal, fl_ctx: FLContext):
         clients = self._participants(fl_ctx)
