@@ -1,6 +1,8 @@
-"""A client-side NVFlare result filter that corrupts one client's update, to test the server's checks."""
+"""A client-side NVFlare result filter that corrupts one client's update, to test the server's checks.
 
-import numpy as np
+The corrupt arrays are torch tensors, as every array of a FedSM message is (`fedsm.flare.wire`)."""
+
+import torch
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.filter import Filter
 from nvflare.apis.fl_context import FLContext
@@ -24,10 +26,10 @@ class CorruptUpdate(Filter):
             return shareable
         if self.fault == "nan":
             name = next(iter(dxo.data["global"]))
-            dxo.data["global"][name] = np.full_like(dxo.data["global"][name], np.nan)
+            dxo.data["global"][name] = torch.full_like(dxo.data["global"][name], float("nan"))
         elif self.fault == "shape":
             name = next(iter(dxo.data["selector"]))
-            dxo.data["selector"][name] = np.zeros((1, 2, 3), np.float32)
+            dxo.data["selector"][name] = torch.zeros((1, 2, 3), dtype=torch.float32)
         elif self.fault == "missing":
             dxo.data["personalized"].pop(next(iter(dxo.data["personalized"])))
         elif self.fault == "label":

@@ -13,7 +13,7 @@ from poc_helpers import (CLIENTS, PocError, PocFederation, kill, listening_addre
                          wait_for_line)
 
 pytestmark = pytest.mark.poc
-TRAIN_TIMEOUT = 20  # seconds a client may take per task: a crashed client holds each round up this long
+TRAIN_TIMEOUT = 40  # seconds a client may take per task: a crashed client holds each round up this long
 
 
 @pytest.fixture(scope="module")
