@@ -41,9 +41,10 @@ def extract_adam_moments(
 def _as_state_tensor(value: np.ndarray, param: torch.nn.Parameter, share_memory: bool) -> torch.Tensor:
     """`value` as optimizer state for `param`: with `share_memory`, the array itself when it is a
     writable CPU array of the parameter's dtype (Adam then updates it in place), else a copy."""
-    if share_memory and value.flags.writeable and value.flags.c_contiguous and param.device.type == "cpu" \
-            and torch.from_numpy(value[:0]).dtype == param.dtype:
-        return torch.from_numpy(value)
+    if share_memory and param.device.type == "cpu" and value.flags.writeable and value.flags.c_contiguous:
+        tensor = torch.from_numpy(value)
+        if tensor.dtype == param.dtype:
+            return tensor
     return torch.tensor(value, dtype=param.dtype, device=param.device)
 
 

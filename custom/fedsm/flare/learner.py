@@ -128,7 +128,6 @@ class FedSMLearner(Executor):
         received_selector = received.pop("selector")
         if "selector" in update:
             update["selector"] = weight_difference(update["selector"], received_selector)
-        del received_selector
         seconds["train"], seconds["busy_until"] = time.monotonic() - started, time.time()
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)

@@ -37,6 +37,5 @@ def spool_updates_to_disk(cells: list, job_id: str) -> Iterator[str | None]:
         yield root
     finally:
         for cell, context in zip(cells, previous):
-            cell.update_fobs_context({FOBSContextKey.TENSOR_DISK_OFFLOAD: context.get(FOBSContextKey.TENSOR_DISK_OFFLOAD, False),
-                                      ROOT_DIR_KEY: context.get(ROOT_DIR_KEY)})
+            cell.update_fobs_context({key: context.get(key) for key in (FOBSContextKey.TENSOR_DISK_OFFLOAD, ROOT_DIR_KEY)})
         shutil.rmtree(root, ignore_errors=True)

@@ -10,8 +10,8 @@ weight, label, validation metrics of the received models, seconds spent).
 
 Arrays travel as torch tensors (NVFlare's safetensors-based tensor transport is faster than its
 NumPy one, and the server may keep received tensors on disk until it reads them: `tensor disk
-offload`); `unpack` gives NumPy arrays back. Arrays larger than `PIECE_BYTES` travel as row pieces (views, no copy on the sender) and are joined
-on arrival. NVFlare 2.9 serializes and downloads every array as one item whatever its size, so a
+offload`); `unpack` gives NumPy arrays back. Arrays larger than `PIECE_BYTES` travel as row pieces
+(views, no copy on the sender) and are joined on arrival. NVFlare 2.9 serializes and downloads every array as one item whatever its size, so a
 VGG11 selector's 392 MB fc6 weight would otherwise be held serialized whole, per receiving client,
 on both sides; in pieces the transfer buffers stay small and the transfer is faster. Pieces are
 larger than glibc's largest dynamic mmap threshold (32 MiB), so the memory of every piece and of its
@@ -47,7 +47,7 @@ class Meta:
     NUM_VAL = "fedsm_num_validation_images"
     SECONDS = "fedsm_seconds"  # {"validate": s, "train": s, "busy_from"/"busy_until": the client's clock}
     START_ERROR = "fedsm_start_error"  # reply header: why the client could not start (names the file)
-    PIECES = "fedsm_pieces"  # {part: {array name: number of row pieces}} of the arrays sent in pieces
+    PIECES = "fedsm_pieces"  # {part: {array name: [number of row pieces, *shape]}} of the arrays sent in pieces
 
 
 def _to_numpy(value: Any) -> Any:

@@ -99,12 +99,9 @@ class FedSMController(Controller):
             self.system_panic(f"FedSM configuration error: {error}", fl_ctx)
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext):
-        if not self.tensor_disk_offload:
-            self._run_rounds(abort_signal, fl_ctx)
-            return
-        cells = receiving_cells(self._engine, fl_ctx.get_job_id())
+        cells = receiving_cells(self._engine, fl_ctx.get_job_id()) if self.tensor_disk_offload else []
         with spool_updates_to_disk(cells, fl_ctx.get_job_id()) as folder:
-            if folder is None:
+            if self.tensor_disk_offload and folder is None:
                 self.log_warning(fl_ctx, "tensor_disk_offload: no cell to configure; client updates stay in memory")
             self._run_rounds(abort_signal, fl_ctx)
 
