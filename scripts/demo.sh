@@ -41,4 +41,8 @@ echo "[demo] 3/4 test-only evaluation: super model (selector threshold 0.9) next
 
 echo "[demo] 4/4 validation curves"
 "$python" -m result_stat.plot_tensorboard_events --workspace "$demo/workspace" --output "$demo/fedsm_validation_curves.png"
-echo "[demo] done. Simulator log: $demo/simulator.log; models: $demo/workspace/server/simulate_job/app_server"
+echo "[demo] done. Results in $demo:"
+echo "[demo]   test Dice per site (table above): $demo/test_results.json"
+echo "[demo]   validation curves: $demo/fedsm_validation_curves.png"
+echo "[demo]   best models and FedSM state: $demo/workspace/server/simulate_job/app_server"
+echo "[demo]   simulator log: $demo/simulator.log; TensorBoard: tensorboard --logdir $demo/workspace"
