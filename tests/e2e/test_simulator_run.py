@@ -64,6 +64,15 @@ def test_final_state_has_distinct_personalized_models_and_float32_arrays(finishe
     assert "Round 1 finished" in log and "rejected" not in log
 
 
+def test_each_client_worker_runs_under_its_own_name(finished_run):
+    workspace, log = finished_run
+    assert "each client thread now sends its worker its own build context" in log
+    for client in CLIENTS:
+        worker_log = (workspace / client / "log.txt").read_text()
+        cells = {other for other in CLIENTS if f"{other}.simulate_job: created" in worker_log}
+        assert cells == {client}, (client, cells)
+
+
 def test_test_only_evaluation_prints_dice_table(finished_run):
     workspace, _ = finished_run
     result = subprocess.run([sys.executable, "-m", "result_stat.prostate_2d_test_only", "--models_dir",
