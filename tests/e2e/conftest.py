@@ -1,66 +1,12 @@
-"""Shared fixtures of the end-to-end tests: tiny synthetic data and a runner of the NVFlare simulator."""
+"""Fixtures of the end-to-end tests (helpers live in `e2e_helpers`)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from fedsm.job_config import derive_job
-
-REPO = Path(__file__).resolve().parents[2]
-CLIENTS = ["client_I2CVB", "client_MSD", "client_NCI_ISBI_3T"]
-NVFLARE = Path(sys.executable).with_name("nvflare")
+from tiny_runs import make_tiny_data
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Three synthetic sites with 3 cases each, sliced and split."""
-    root = tmp_path_factory.mktemp("data")
-    subprocess.run([sys.executable, "-m", "data_preparation.synthetic", "--output", str(root),
-                    "--cases-per-site", "3", "--seed", "1"], check=True, capture_output=True)
-    return root
-
-
-def tiny_overrides(data: Path, **extra) -> dict:
-    return {
-        "train.dataset_base_dir": str(data / "dataset_2D"),
-        "train.datalist_json_path": str(data / "datalist_2D"),
-        "train.image_size": 32,
-        "train.selector": "light",
-        "server.num_rounds": 2,
-        **extra,
-    }
-
-
-def run_simulator(job: Path, workspace: Path, clients=CLIENTS, timeout=300) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(NVFLARE), "simulator", str(job), "-w", str(workspace), "-c", ",".join(clients),
-                             "-t", str(len(clients))], capture_output=True, text=True, timeout=timeout)
-    (workspace.parent / f"{workspace.name}.log").write_text(result.stdout + result.stderr)
-    return result
-
-
-def make_job(tmp_path: Path, name: str, overrides: dict) -> Path:
-    return derive_job(REPO / "jobs" / "fedsm_prostate", tmp_path / name, overrides)
-
-
-def server_app(workspace: Path) -> Path:
-    return workspace / "server" / "simulate_job" / "app_server"
-
-
-def client_app(workspace: Path, client: str) -> Path:
-    return workspace / client / "simulate_job" / f"app_{client}"
-
-
-def add_fault_filter(job: Path, client: str, fault: str, from_round: int = 0) -> None:
-    """Ship `fault_injection.CorruptUpdate` with the job and set it as the clients' result filter."""
-    import json
-    import shutil
-
-    shutil.copy(Path(__file__).with_name("fault_injection.py"), job / "app" / "custom" / "fault_injection.py")
-    config_file = job / "app" / "config" / "config_fed_client.json"
-    config = json.loads(config_file.read_text())
-    config["task_result_filters"] = [{"tasks": ["train"], "filters": [
-        {"path": "fault_injection.CorruptUpdate", "args": {"client": client, "fault": fault, "from_round": from_round}}
-    ]}]
-    config_file.write_text(json.dumps(config, indent=2))
+    return make_tiny_data(tmp_path_factory.mktemp("data"))

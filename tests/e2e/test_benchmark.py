@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from conftest import REPO, tiny_overrides
+from e2e_helpers import REPO, tiny_overrides
 
 
 def test_benchmark_reports_each_round_and_peak_memory(tiny_data, tmp_path):

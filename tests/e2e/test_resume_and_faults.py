@@ -2,9 +2,15 @@
 
 import pytest
 import torch
+from e2e_helpers import (
+    add_fault_filter,
+    client_app,
+    make_job,
+    server_app,
+    tiny_overrides,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from conftest import CLIENTS, add_fault_filter, client_app, make_job, run_simulator, server_app, tiny_overrides
+from tiny_runs import CLIENTS, run_simulator
 
 METRICS = ("val_metric_global_model", "val_metric_person_model", "val_metric_select_model")
 

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import torch
+from e2e_helpers import REPO, client_app, make_job, server_app, tiny_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from conftest import CLIENTS, REPO, client_app, make_job, run_simulator, server_app, tiny_overrides
+from tiny_runs import CLIENTS, run_simulator
 
 TAGS = {"val_metric_global_model", "val_metric_person_model", "val_metric_select_model", "train_loss",
         "train_loss_personalized", "train_loss_selector"}

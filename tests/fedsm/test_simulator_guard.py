@@ -6,8 +6,11 @@ import pickle
 import threading
 from multiprocessing.reduction import ForkingPickler
 
-from fedsm.flare.simulator_guard import (SIMULATOR_RUNNER_MODULE, PerThreadBuildContext,
-                                         make_simulator_client_start_thread_safe)
+from fedsm.flare.simulator_guard import (
+    SIMULATOR_RUNNER_MODULE,
+    PerThreadBuildContext,
+    make_simulator_client_start_thread_safe,
+)
 
 
 def _start_workers_at_once(build_ctx: dict, names: list[str]) -> list[dict]:

@@ -7,18 +7,16 @@ gap report (with the FedSM run given a second time as a variant, to exercise tha
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from fedsm.job_config import derive_job
+from tiny_runs import CLIENTS, make_tiny_data, run_simulator
+
 from result_stat import baselines, gap_report
 from result_stat.fedavg_job import derive_fedavg_job
 
 REPO = Path(__file__).resolve().parents[2]
-CLIENTS = ["client_I2CVB", "client_MSD", "client_NCI_ISBI_3T"]
 UNSEEN = "client_UNSEEN"
-NVFLARE = Path(sys.executable).with_name("nvflare")
 ROUNDS = 2
 SIZE = 32
 
@@ -47,10 +45,8 @@ class TinyStudy:
 
 
 def _simulate(job: Path, workspace: Path) -> None:
-    result = subprocess.run([str(NVFLARE), "simulator", str(job), "-w", str(workspace), "-c", ",".join(CLIENTS),
-                             "-t", str(len(CLIENTS))], capture_output=True, text=True, timeout=400)
-    (workspace.parent / f"{workspace.name}.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_simulator(job, workspace, CLIENTS, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:]
 
 
 def tiny_study(tmp_path_factory) -> TinyStudy:
@@ -58,9 +54,7 @@ def tiny_study(tmp_path_factory) -> TinyStudy:
     if "study" in _CACHE:
         return _CACHE["study"]
     root = tmp_path_factory.mktemp("gap_study")
-    data = root / "data"
-    subprocess.run([sys.executable, "-m", "data_preparation.synthetic", "--output", str(data), "--cases-per-site", "3",
-                    "--seed", "1", "--with-unseen"], check=True, capture_output=True)
+    data = make_tiny_data(root / "data", with_unseen=True)
     overrides = {
         "train.dataset_base_dir": str(data / "dataset_2D"),
         "train.datalist_json_path": str(data / "datalist_2D"),

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import tiny_runs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,7 +17,6 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from poc_run import CLIENTS, PocError, PocFederation, make_job  # noqa: E402
 
-NVFLARE = Path(sys.executable).with_name("nvflare")
 __all__ = ["CLIENTS", "PocError", "PocFederation", "REPO", "add_result_filters", "kill", "listening_addresses", "make_job",
            "run_simulator", "scalars", "site_processes", "tiny_job", "wait_for_line"]
 
@@ -29,9 +29,7 @@ def tiny_job(destination: Path, data: Path, **overrides) -> Path:
 def run_simulator(job: Path, workspace: Path, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
     """Run the job in the NVFlare simulator; the result (log also in `<workspace>.log`) and its seconds."""
     started = time.monotonic()
-    result = subprocess.run([str(NVFLARE), "simulator", str(job), "-w", str(workspace), "-c", ",".join(CLIENTS),
-                             "-t", str(len(CLIENTS))], capture_output=True, text=True, timeout=timeout)
-    workspace.parent.joinpath(f"{workspace.name}.log").write_text(result.stdout + result.stderr)
+    result = tiny_runs.run_simulator(job, workspace, CLIENTS, timeout)
     return result, time.monotonic() - started
 
 
