@@ -313,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     (root / ROOT_TAG).write_text("made by scripts/poc_run.py; replaced by its next run\n")
-    signal.signal(signal.SIGTERM, _raise_on_signal)
-    signal.signal(signal.SIGHUP, _raise_on_signal)
+    # SIGINT too: a shell starts background commands with SIGINT ignored, and Python keeps that
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_on_signal)
     started = time.monotonic()
     data = Path(args.data).resolve() if args.data else synthetic_data(root / "data")
     job = make_job(root / "job", data, dict(args.overrides), args.code)
