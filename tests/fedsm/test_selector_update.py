@@ -56,15 +56,18 @@ def test_server_adam_rejects_an_update_without_gradient():
         RoundAggregator(_current(), {"a": 0}, 0.7, selector_training="sgd")
 
 
-def test_client_adam_on_server_equals_client_adam_with_torch_steps_on_clients():
+@pytest.mark.parametrize("first_round", [False, True])
+def test_client_adam_on_server_equals_client_adam_with_torch_steps_on_clients(first_round):
     """Same round, two wire formats: clients stepping torch Adam and sending diffs + moments, or
-    sending gradients for the server to replay; the next selector and moments must agree."""
+    sending gradients for the server to replay; the next selector and moments must agree (also in
+    round 0, when there are no moments yet)."""
     from fedsm.core.adam_moments import load_adam_moments
 
     rng = np.random.default_rng(0)
     selector = {"s": rng.standard_normal(4).astype(np.float32)}
-    moments = {"exp_avg/s": rng.standard_normal(4).astype(np.float32) * 0.1,
-               "exp_avg_sq/s": rng.random(4).astype(np.float32) * 0.01, "step": np.asarray(3.0, np.float32)}
+    moments = {} if first_round else {
+        "exp_avg/s": rng.standard_normal(4).astype(np.float32) * 0.1,
+        "exp_avg_sq/s": rng.random(4).astype(np.float32) * 0.01, "step": np.asarray(3.0, np.float32)}
     current = ModelSet(global_model={"w": np.zeros(2, np.float32)}, selector=selector, selector_moments=moments,
                        personalized={"a": {"w": np.zeros(2, np.float32)}, "b": {"w": np.zeros(2, np.float32)}})
     gradients = {"a": rng.standard_normal(4).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
@@ -83,5 +86,7 @@ def test_client_adam_on_server_equals_client_adam_with_torch_steps_on_clients():
         assert faithful.accept(client, label, {**base, **update}, 1 + label) is None
     expected, got = faithful.result(), replayed.result()
     np.testing.assert_allclose(got.selector["s"], expected.selector["s"], rtol=1e-5, atol=1e-7)
-    for key in moments:
+    assert got.selector_moments.keys() == expected.selector_moments.keys()
+    assert all(a.dtype == np.float32 for a in [*got.selector.values(), *got.selector_moments.values()])
+    for key in expected.selector_moments:
         np.testing.assert_allclose(got.selector_moments[key], expected.selector_moments[key], rtol=1e-5, atol=1e-9)

@@ -11,9 +11,11 @@ disclosed, and a third of the selector bytes travel each way (no moments on the 
 takes one Adam step itself, which is centralized full-batch Adam; the same bytes as above.
 """
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
+import torch
 
 from .adam_moments import MOMENT_KINDS, STEP_KEY, moment_key
 from .model_set import Weights
@@ -87,21 +89,78 @@ class ClientAdamSelector:
         return mean_diff, self._moments.result()
 
 
-class ClientAdamOnServerSelector(ClientAdamSelector):
-    """`client_adam` computed on the server: each client's Adam step is replayed from its gradient."""
+class ClientAdamOnServerSelector:
+    """`client_adam` computed on the server: each client's Adam step is replayed from its gradient as it
+    arrives, in place and with torch's multithreaded fused operations (no per-client copies).
+
+    Only the weight difference needs each client's full step. The mean moments are linear in the
+    gradients: mean `exp_avg` = b1 * `exp_avg` + (1 - b1) * mean g, and mean `exp_avg_sq` likewise with
+    g * g, so the running sums of g and g * g are enough for them.
+    """
 
     update_parts = ("selector_gradient",)
 
-    def __init__(self, selector: Weights, moments: Weights, lr: float) -> None:
-        super().__init__(selector, moments)
-        self.moments, self.lr = moments, lr
+    def __init__(self, selector: Weights, moments: Weights, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.selector, self.moments, self.lr, self.betas, self.eps = selector, moments, lr, betas, eps
         self.expected = {"selector_gradient": {n: w.shape for n, w in selector.items()}}
+        self.step = float(moments.get(STEP_KEY, 0.0)) + 1.0
+        self._sums: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # diff, g, g * g
+        self._scratch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # reused by every client
+        self._total_weight = 0.0
+
+    def _previous(self, kind: str, name: str) -> torch.Tensor | None:
+        array = self.moments.get(moment_key(kind, name))
+        return None if array is None else _as_tensor(array)
 
     def add(self, update: Mapping[str, Weights], weight: float) -> None:
-        weights, moments = adam_step(self.selector, update["selector_gradient"], self.moments, self.lr)
-        for name, new in weights.items():
-            new -= self.selector[name]
-        super().add({"selector": weights, "selector_moments": moments}, weight)
+        weight = float(weight)
+        if not weight > 0.0:
+            raise ValueError(f"contribution weight must be > 0, got {weight}")
+        beta1, beta2 = self.betas
+        bias1, bias2_sqrt = 1.0 - beta1**self.step, math.sqrt(1.0 - beta2**self.step)
+        for name, gradient in update["selector_gradient"].items():
+            dtype = _as_tensor(self.selector[name]).dtype
+            grad = _as_tensor(gradient).to(dtype)
+            if name not in self._sums:
+                self._sums[name] = tuple(torch.zeros_like(grad) for _ in range(3))
+                self._scratch[name] = (torch.empty_like(grad), torch.empty_like(grad))
+            sum_diff, sum_grad, sum_grad_sq = self._sums[name]
+            exp_avg, denom = self._scratch[name]
+            sum_grad.add_(grad, alpha=weight)
+            sum_grad_sq.addcmul_(grad, grad, value=weight)
+            previous_avg, previous_avg_sq = self._previous("exp_avg", name), self._previous("exp_avg_sq", name)
+            if previous_avg is None:
+                torch.mul(grad, 1.0 - beta1, out=exp_avg)
+                torch.mul(grad, grad, out=denom).mul_(1.0 - beta2)
+            else:
+                torch.mul(previous_avg, beta1, out=exp_avg).add_(grad, alpha=1.0 - beta1)
+                torch.mul(previous_avg_sq, beta2, out=denom).addcmul_(grad, grad, value=1.0 - beta2)
+            denom.sqrt_().div_(bias2_sqrt).add_(self.eps)
+            sum_diff.addcdiv_(exp_avg, denom, value=-self.lr / bias1 * weight)
+        self._total_weight += weight
+
+    def result(self) -> tuple[Weights, Weights]:
+        if not self._total_weight:
+            raise ValueError("no contribution was added")
+        beta1, beta2 = self.betas
+        self._scratch = {}
+        selector, moments = {}, {STEP_KEY: np.asarray(self.step, dtype=np.float32)}
+        for name, (sum_diff, sum_grad, sum_grad_sq) in self._sums.items():
+            selector[name] = sum_diff.div_(self._total_weight).add_(_as_tensor(self.selector[name])).numpy()
+            for kind, total, beta in (("exp_avg", sum_grad, beta1), ("exp_avg_sq", sum_grad_sq, beta2)):
+                mean = total.div_(self._total_weight).mul_(1.0 - beta)
+                previous = self._previous(kind, name)
+                if previous is not None:
+                    mean.add_(previous, alpha=beta)
+                moments[moment_key(kind, name)] = mean.numpy()
+        self._sums = {}
+        return selector, moments
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over the array's memory (a copy only for a read-only array, which torch cannot share)."""
+    array = np.asarray(array)
+    return torch.from_numpy(array) if array.flags.writeable else torch.tensor(array)
 
 
 class ServerAdamSelector:
