@@ -73,7 +73,7 @@ def test_client_site_crash_mid_round_the_others_finish_the_run(federation, poc_d
 
 def test_server_killed_between_rounds_a_resumed_job_continues_from_the_saved_round(federation, poc_data, tmp_path):
     job_id = federation.submit(tiny_job(tmp_path / "job", poc_data))
-    wait_for_line(federation.server_job_log(job_id), "Round 0 finished", timeout=180)
+    wait_for_line(federation.server_job_log(job_id), "saved fedsm_state.pt (next round 1)", timeout=180)
     kill(site_processes(federation, "server"))  # the server and its job process; its supervisor restarts it
     state_file = federation.site_dir("server") / job_id / "app_server" / "fedsm_state.pt"
     saved_bytes = state_file.read_bytes()

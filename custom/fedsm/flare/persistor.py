@@ -75,11 +75,16 @@ class FedSMModelPersistor(FLComponent):
         self.log_info(fl_ctx, f"resuming from {state_path} at round {models.next_round}")
         return models
 
-    def save(self, models: ModelSet, fl_ctx: FLContext) -> None:
-        save_checkpoint(self._app_root(fl_ctx) / self.state_filename, model_set_to_checkpoint(models))
+    def save(self, models: ModelSet, fl_ctx: FLContext) -> Path:
+        path = self._app_root(fl_ctx) / self.state_filename
+        save_checkpoint(path, model_set_to_checkpoint(models))
+        return path
+
+    def best_path(self, model: str, client: str | None, fl_ctx: FLContext) -> Path:
+        return self._app_root(fl_ctx) / best_checkpoint_name(model, client)
 
     def save_best(self, model: str, client: str | None, weights: Weights, metric: float, round_number: int,
                   fl_ctx: FLContext) -> Path:
-        path = self._app_root(fl_ctx) / best_checkpoint_name(model, client)
+        path = self.best_path(model, client, fl_ctx)
         save_checkpoint(path, {"weights": weights, "metric": float(metric), "round": int(round_number)})
         return path

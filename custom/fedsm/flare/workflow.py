@@ -1,8 +1,10 @@
 """The FedSM server workflow: per round, send each client its own models, stream the results into the
 aggregator, track the best models, persist the next model set; validate the final models at the end."""
 
+import dataclasses
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from nvflare.apis.client import Client
 from nvflare.apis.dxo import from_shareable
@@ -82,6 +84,9 @@ class FedSMController(Controller):
         self._bytes_down: dict[str, int] = {}
         self._accept_seconds = 0.0
         self._start_errors: dict[str, str] = {}  # client -> why it could not start (its data, its config)
+        # checkpoints are written by one background thread, in order, while the next round runs
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsm_checkpoints")
+        self._writes: list[Future] = []
 
     def start_controller(self, fl_ctx: FLContext):
         self.aggregator = self._engine.get_component(self.aggregator_id)
@@ -103,7 +108,23 @@ class FedSMController(Controller):
         with spool_updates_to_disk(cells, fl_ctx.get_job_id()) as folder:
             if self.tensor_disk_offload and folder is None:
                 self.log_warning(fl_ctx, "tensor_disk_offload: no cell to configure; client updates stay in memory")
-            self._run_rounds(abort_signal, fl_ctx)
+            try:
+                self._run_rounds(abort_signal, fl_ctx)
+            finally:
+                self._finish_writes(fl_ctx)
+                self._writer.shutdown()
+
+    def _write_in_background(self, write, *args) -> None:
+        self._writes.append(self._writer.submit(write, *args))
+
+    def _finish_writes(self, fl_ctx: FLContext) -> bool:
+        """Wait for every checkpoint write; False (after a system panic naming the error) if one failed."""
+        writes, self._writes = self._writes, []
+        errors = [future.exception() for future in writes]
+        errors = [error for error in errors if error is not None]
+        if errors:
+            self.system_panic(f"cannot write a checkpoint: {errors[0]}", fl_ctx)
+        return not errors
 
     def _run_rounds(self, abort_signal: Signal, fl_ctx: FLContext):
         clients = self._participants(fl_ctx)
@@ -131,7 +152,9 @@ class FedSMController(Controller):
                                   f"({contributors}), fewer than min_clients={self.min_clients}", fl_ctx)
                 return
             models = self.aggregator.aggregate(fl_ctx)
-            self.persistor.save(models, fl_ctx)
+            if not self._finish_writes(fl_ctx):  # the previous round's; at most one model set in flight
+                return
+            self._write_in_background(self._save_state, _snapshot(models), fl_ctx)
             finished = time.monotonic()
             self.log_info(fl_ctx, f"Round {round_number} finished in {finished - started:.1f} s; "
                                   f"aggregated {sorted(contributors)}.")
@@ -140,8 +163,13 @@ class FedSMController(Controller):
             self._run_tasks(self.validate_task_name, models, clients, abort_signal, fl_ctx)
             if not abort_signal.triggered:
                 self._track_best(models, models.next_round, fl_ctx)
-                self.persistor.save(models, fl_ctx)
+                self._write_in_background(self._save_state, _snapshot(models), fl_ctx)
         self.log_info(fl_ctx, "FedSM finished.")
+
+    def _save_state(self, models: ModelSet, fl_ctx: FLContext) -> None:
+        """Runs on the checkpoint thread; the log line tells that a restart can resume from this state."""
+        path = self.persistor.save(models, fl_ctx)
+        self.log_info(fl_ctx, f"saved {path.name} (next round {models.next_round})")
 
     @property
     def _clients_step_selector(self) -> bool:
@@ -246,7 +274,9 @@ class FedSMController(Controller):
         sources = {"global": lambda _: models.global_model, "selector": lambda _: models.selector,
                    "personalized": lambda client: models.personalized[client]}
         for model, client, value in improved_models(self._metrics, self._sizes, models.best_metrics):
-            path = self.persistor.save_best(model, client, sources[model](client), value, round_number, fl_ctx)
+            path = self.persistor.best_path(model, client, fl_ctx)
+            self._write_in_background(self.persistor.save_best, model, client, sources[model](client), value,
+                                      round_number, fl_ctx)
             self.log_info(fl_ctx, f"new best {model}{' of ' + client if client else ''}: {value:.4f} -> {path.name}")
 
     def process_result_of_unknown_task(self, client: Client, task_name: str, client_task_id: str, result: Shareable,
@@ -255,3 +285,9 @@ class FedSMController(Controller):
 
     def stop_controller(self, fl_ctx: FLContext):
         self.cancel_all_tasks(fl_ctx=fl_ctx)
+
+
+def _snapshot(models: ModelSet) -> ModelSet:
+    """What a background write may hold: the arrays are never modified once a model set exists (each
+    round builds new ones), but the best-metric dict is updated by the next round's tracking."""
+    return dataclasses.replace(models, best_metrics=dict(models.best_metrics))
