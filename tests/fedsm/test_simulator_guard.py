@@ -54,6 +54,7 @@ def test_entries_written_in_one_thread_stay_in_that_thread():
     thread.join()
     assert seen == [("base", 0)]
     assert build_ctx["client_name"] == "main" and "client_name" in build_ctx
+    assert dict(build_ctx) == {**build_ctx} == build_ctx.copy() == {"client_name": "main"}
 
 
 def test_patch_gives_the_real_simulator_client_runner_a_per_thread_context(tmp_path):

@@ -21,8 +21,8 @@ def make_tiny_data(root: Path, with_unseen: bool = False) -> Path:
 
 def run_simulator(job: Path, workspace: Path, clients=CLIENTS, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run `job` with `nvflare simulator -t <number of clients>`; its output is also kept in
-    `<workspace>.log`. A run past `timeout` is killed with every process it started, and fails the test
-    with the end of its output."""
+    `<workspace>.log`. A run past `timeout` is killed (its process group; the client workers, in sessions
+    of their own, follow their parent) and fails the test with the end of its output."""
     command = [str(NVFLARE), "simulator", str(job), "-w", str(workspace), "-c", ",".join(clients),
                "-t", str(len(clients))]
     log = workspace.parent / f"{workspace.name}.log"
@@ -31,8 +31,11 @@ def run_simulator(job: Path, workspace: Path, clients=CLIENTS, timeout: float = 
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it ended at the deadline
+            pass
+        output, _ = process.communicate(timeout=60)  # client workers (own sessions) exit with their parent
         log.write_text(output)
         raise AssertionError(f"the simulator did not finish in {timeout} s (log: {log}):\n{output[-3000:]}")
     log.write_text(output)

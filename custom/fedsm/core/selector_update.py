@@ -119,7 +119,7 @@ class ClientAdamOnServerSelector:
         beta1, beta2 = self.betas
         bias1, bias2_sqrt = 1.0 - beta1**self.step, math.sqrt(1.0 - beta2**self.step)
         for name, gradient in update["selector_gradient"].items():
-            dtype = _as_tensor(self.selector[name]).dtype
+            dtype = _TORCH_DTYPES[np.dtype(self.selector[name].dtype)]
             grad = _as_tensor(gradient).to(dtype)
             if name not in self._sums:
                 self._sums[name] = tuple(torch.zeros_like(grad) for _ in range(3))
@@ -153,14 +153,20 @@ class ClientAdamOnServerSelector:
                 if previous is not None:
                     mean.add_(previous, alpha=beta)
                 moments[moment_key(kind, name)] = mean.numpy()
-        self._sums = {}
+        self._sums, self._total_weight = {}, 0.0
         return selector, moments
 
 
+_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
+                 np.dtype(np.float64): torch.float64}
+
+
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor over the array's memory (a copy only for a read-only array, which torch cannot share)."""
+    """A tensor over the array's memory (a copy only where torch cannot share it: a read-only array, or
+    negative strides)."""
     array = np.asarray(array)
-    return torch.from_numpy(array) if array.flags.writeable else torch.tensor(array)
+    shareable = array.flags.writeable and all(stride >= 0 for stride in array.strides)
+    return torch.from_numpy(array) if shareable else torch.tensor(array)
 
 
 class ServerAdamSelector:

@@ -5,11 +5,14 @@ one build context shared by all threads, then pickles that context to its worker
 start workers at the same moment (`-t 3` with three clients does, on a busy machine about one run in
 six), both workers can get the same name: two processes then claim the same cell, evict each other's
 connection, one task reply is lost and the round waits forever. Giving each thread its own view of the
-build context removes the race. Outside the simulator (POC, production) this component does nothing.
+build context removes the race. `import nvflare` loads the simulator module everywhere, so the class is
+patched in POC and production too, where nothing uses it.
 """
 
 import sys
 import threading
+from collections import UserDict
+from collections.abc import Mapping
 
 from nvflare.apis.fl_component import FLComponent
 
@@ -17,34 +20,26 @@ SIMULATOR_RUNNER_MODULE = "nvflare.private.fed.app.simulator.simulator_runner"
 _PATCHED = "_fedsm_per_thread_build_ctx"
 
 
-class PerThreadBuildContext(dict):
-    """A dict whose entries are copied per thread on first use: what one thread writes, only that
-    thread reads, and pickling sends that thread's entries as a plain dict."""
+class PerThreadBuildContext(UserDict):
+    """A mapping whose entries are copied per thread on first use: what one thread writes, only that
+    thread reads (through every mapping method), and pickling sends that thread's entries as a plain dict."""
 
-    def __init__(self, base: dict):
-        super().__init__(base)
+    def __init__(self, base: Mapping):
+        self._base = dict(base)
         self._local = threading.local()
 
-    def _own(self) -> dict:
+    @property
+    def data(self) -> dict:
         own = getattr(self._local, "entries", None)
         if own is None:
-            own = self._local.entries = dict(super().items())
+            own = self._local.entries = dict(self._base)
         return own
 
-    def __getitem__(self, key):
-        return self._own()[key]
-
-    def __setitem__(self, key, value):
-        self._own()[key] = value
-
-    def __contains__(self, key):
-        return key in self._own()
-
-    def get(self, key, default=None):
-        return self._own().get(key, default)
+    def copy(self) -> dict:
+        return dict(self.data)
 
     def __reduce_ex__(self, protocol):
-        return dict, (dict(self._own()),)
+        return dict, (dict(self.data),)
 
 
 def make_simulator_client_start_thread_safe() -> bool:
@@ -75,4 +70,5 @@ class SimulatorClientStartGuard(FLComponent):
     def __init__(self):
         super().__init__()
         if make_simulator_client_start_thread_safe():
-            self.logger.info("simulator: each client thread now sends its worker its own build context")
+            self.logger.info("patched NVFlare's SimulatorClientRunner (used only by the simulator): each client "
+                             "thread sends its worker its own build context")
