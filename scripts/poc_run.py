@@ -216,7 +216,7 @@ class PocFederation:
             return
         self.started = False
         in_main_thread = threading.current_thread() is threading.main_thread()
-        deferred = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} \
+        deferred = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)} \
             if in_main_thread else {}  # a second Ctrl-C must not cut the clean-up short
         try:
             self._stop(grace)
@@ -317,10 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_on_signal)
     started = time.monotonic()
-    data = Path(args.data).resolve() if args.data else synthetic_data(root / "data")
-    job = make_job(root / "job", data, dict(args.overrides), args.code)
-    print(f"[poc] job {job} ({args.code}), data {data}")
     try:
+        data = Path(args.data).resolve() if args.data else synthetic_data(root / "data")
+        job = make_job(root / "job", data, dict(args.overrides), args.code)
+        print(f"[poc] job {job} ({args.code}), data {data}")
         with PocFederation(root, port=args.port) as federation:
             federation.prepare(allow_installed_code=args.code == "installed")
             federation.start()
