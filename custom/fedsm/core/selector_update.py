@@ -101,16 +101,15 @@ class ClientAdamOnServerSelector:
     update_parts = ("selector_gradient",)
 
     def __init__(self, selector: Weights, moments: Weights, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-        self.selector, self.moments, self.lr, self.betas, self.eps = selector, moments, lr, betas, eps
+        self.selector, self.lr, self.betas, self.eps = selector, lr, betas, eps
         self.expected = {"selector_gradient": {n: w.shape for n, w in selector.items()}}
         self.step = float(moments.get(STEP_KEY, 0.0)) + 1.0
+        # per parameter: torch dtype and the previous moments as tensors (None in round 0), made once
+        self._dtypes = {name: _as_tensor(weights).dtype for name, weights in selector.items()}
+        self._previous = {name: _previous_moments(moments, name) for name in selector}
         self._sums: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # diff, g, g * g
         self._scratch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # reused by every client
         self._total_weight = 0.0
-
-    def _previous(self, kind: str, name: str) -> torch.Tensor | None:
-        array = self.moments.get(moment_key(kind, name))
-        return None if array is None else _as_tensor(array)
 
     def add(self, update: Mapping[str, Weights], weight: float) -> None:
         weight = float(weight)
@@ -119,8 +118,7 @@ class ClientAdamOnServerSelector:
         beta1, beta2 = self.betas
         bias1, bias2_sqrt = 1.0 - beta1**self.step, math.sqrt(1.0 - beta2**self.step)
         for name, gradient in update["selector_gradient"].items():
-            dtype = _TORCH_DTYPES[np.dtype(self.selector[name].dtype)]
-            grad = _as_tensor(gradient).to(dtype)
+            grad = _as_tensor(gradient).to(self._dtypes[name])
             if name not in self._sums:
                 self._sums[name] = tuple(torch.zeros_like(grad) for _ in range(3))
                 self._scratch[name] = (torch.empty_like(grad), torch.empty_like(grad))
@@ -128,13 +126,13 @@ class ClientAdamOnServerSelector:
             exp_avg, denom = self._scratch[name]
             sum_grad.add_(grad, alpha=weight)
             sum_grad_sq.addcmul_(grad, grad, value=weight)
-            previous_avg, previous_avg_sq = self._previous("exp_avg", name), self._previous("exp_avg_sq", name)
-            if previous_avg is None:
+            previous = self._previous[name]
+            if previous is None:
                 torch.mul(grad, 1.0 - beta1, out=exp_avg)
                 torch.mul(grad, grad, out=denom).mul_(1.0 - beta2)
             else:
-                torch.mul(previous_avg, beta1, out=exp_avg).add_(grad, alpha=1.0 - beta1)
-                torch.mul(previous_avg_sq, beta2, out=denom).addcmul_(grad, grad, value=1.0 - beta2)
+                torch.mul(previous[0], beta1, out=exp_avg).add_(grad, alpha=1.0 - beta1)
+                torch.mul(previous[1], beta2, out=denom).addcmul_(grad, grad, value=1.0 - beta2)
             denom.sqrt_().div_(bias2_sqrt).add_(self.eps)
             sum_diff.addcdiv_(exp_avg, denom, value=-self.lr / bias1 * weight)
         self._total_weight += weight
@@ -142,23 +140,25 @@ class ClientAdamOnServerSelector:
     def result(self) -> tuple[Weights, Weights]:
         if not self._total_weight:
             raise ValueError("no contribution was added")
-        beta1, beta2 = self.betas
         self._scratch = {}
         selector, moments = {}, {STEP_KEY: np.asarray(self.step, dtype=np.float32)}
         for name, (sum_diff, sum_grad, sum_grad_sq) in self._sums.items():
             selector[name] = sum_diff.div_(self._total_weight).add_(_as_tensor(self.selector[name])).numpy()
-            for kind, total, beta in (("exp_avg", sum_grad, beta1), ("exp_avg_sq", sum_grad_sq, beta2)):
+            previous = self._previous[name] or (None, None)
+            for kind, total, beta, before in zip(MOMENT_KINDS, (sum_grad, sum_grad_sq), self.betas, previous):
                 mean = total.div_(self._total_weight).mul_(1.0 - beta)
-                previous = self._previous(kind, name)
-                if previous is not None:
-                    mean.add_(previous, alpha=beta)
+                if before is not None:
+                    mean.add_(before, alpha=beta)
                 moments[moment_key(kind, name)] = mean.numpy()
         self._sums, self._total_weight = {}, 0.0
         return selector, moments
 
 
-_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
-                 np.dtype(np.float64): torch.float64}
+def _previous_moments(moments: Weights, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`exp_avg` and `exp_avg_sq` of parameter `name` as tensors, or None before the first step."""
+    if moment_key("exp_avg", name) not in moments:
+        return None
+    return tuple(_as_tensor(moments[moment_key(kind, name)]) for kind in MOMENT_KINDS)
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
