@@ -24,32 +24,50 @@ def build_unet() -> nn.Module:
 
 
 class VGG11(nn.Module):
-    """VGG11 without batch norm, one input channel: the reference selector (128.8M parameters)."""
+    """VGG11 without batch norm, one input channel: the reference selector (128.8M parameters).
+
+    Initialized as torchvision's VGG and the reference: convolutions Kaiming-normal (fan_out, ReLU),
+    linear layers N(0, 0.01), all biases zero.
+    """
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = 1
-        for layer in _VGG11_LAYERS:
-            if layer == "pool":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(channels, layer, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-                channels = layer
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(),
-            nn.Linear(4096, 4096),
-            nn.ReLU(inplace=True),
-            nn.Dropout(),
-            nn.Linear(4096, num_classes),
-        )
+        # Made on the meta device, then initialized once: PyTorch's default init of the 103M-parameter
+        # first linear layer would take as long again, only to be overwritten.
+        with torch.device("meta"):
+            layers: list[nn.Module] = []
+            channels = 1
+            for layer in _VGG11_LAYERS:
+                if layer == "pool":
+                    layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                else:
+                    layers += [nn.Conv2d(channels, layer, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+                    channels = layer
+            self.features = nn.Sequential(*layers)
+            self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+            self.classifier = nn.Sequential(
+                nn.Linear(512 * 7 * 7, 4096),
+                nn.ReLU(inplace=True),
+                nn.Dropout(),
+                nn.Linear(4096, 4096),
+                nn.ReLU(inplace=True),
+                nn.Dropout(),
+                nn.Linear(4096, num_classes),
+            )
+        self.to_empty(device=torch.get_default_device())
+        self.apply(_init_vgg_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def _init_vgg_layer(module: nn.Module) -> None:
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 0.01)
+        nn.init.zeros_(module.bias)
 
 
 class LightSelector(nn.Module):
