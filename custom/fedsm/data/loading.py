@@ -16,13 +16,18 @@ KEYS = ("image", "label")
 
 
 def slice_transforms(image_size: int) -> Compose:
-    """PNG pair to tensors: intensity 0..255 to 0..1, bilinear resize, mask thresholded at 0.5."""
+    """PNG pair to tensors: intensity 0..255 to 0..1, bilinear resize, mask thresholded at 0.5.
+
+    The resize aligns corner pixels (`align_corners=True`) as the reference does; training,
+    validation and the test-only evaluation all load through this transform.
+    """
     return Compose(
         [
             LoadImaged(keys=KEYS, reader="PILReader", image_only=True),
             EnsureChannelFirstd(keys=KEYS, channel_dim="no_channel"),
             ScaleIntensityRanged(keys=KEYS, a_min=0, a_max=255, b_min=0.0, b_max=1.0),
-            Resized(keys=KEYS, spatial_size=(image_size, image_size), mode="bilinear", anti_aliasing=False),
+            Resized(keys=KEYS, spatial_size=(image_size, image_size), mode="bilinear", align_corners=True,
+                    anti_aliasing=False),
             AsDiscreted(keys="label", threshold=0.5),
             EnsureTyped(keys=KEYS, dtype=torch.float32, track_meta=False),
         ]
