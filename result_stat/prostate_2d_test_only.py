@@ -3,6 +3,12 @@
     python -m result_stat.prostate_2d_test_only --workspace /tmp/nvflare/fedsm_prostate
     python result_stat/prostate_2d_test_only.py --models_dir WS/server/simulate_job/app_server \
         --select_threshold 0.9 --output_json results.json
+    python -m result_stat.prostate_2d_test_only --workspace WS --datalist_json_path DATA/datalist_2D/client_All.json
+
+`--datalist_json_path` (default: the run's config) is either a folder of `client_<name>.json`
+datalists, read for each site of the run, or one datalist JSON file as in the reference (e.g.
+`client_All.json`), whose `testing` list is evaluated as one pooled set; its images carry no site,
+so the selector's accuracy is not reported for them.
 
 For each test image the selector's softmax gives a top site and its probability p; if p > threshold
 the image is segmented by that site's best personalized model, else by the best global model (so a
@@ -48,6 +54,7 @@ from result_stat.workspace import SERVER_CONFIG, TRAIN_CONFIG, find_server_app
 
 DEFAULT_THRESHOLD = 0.9
 TEST_SPLIT = "testing"
+UNKNOWN_SITE = -1  # own label of the images of a pooled datalist file, which does not record their site
 
 logger = logging.getLogger("prostate_2d_test_only")
 
@@ -60,7 +67,7 @@ logger = logging.getLogger("prostate_2d_test_only")
 class ImageResults:
     """Per-image results of one or more batches (all arrays of length N)."""
 
-    own_label: np.ndarray  # the selector label of the site the image belongs to
+    own_label: np.ndarray  # the selector label of the site the image belongs to, or UNKNOWN_SITE
     top: np.ndarray  # the selector's top label
     confidence: np.ndarray  # its softmax probability
     route: np.ndarray  # the label whose personalized model segmented the image, or GLOBAL_MODEL
@@ -90,7 +97,7 @@ class Summary:
     images: int
     super_dice: float
     global_dice: float
-    selector_accuracy: float  # share of images whose top selector label is their own site's label
+    selector_accuracy: float  # share of images of a known site whose top selector label is that site's
     personalized_share: float  # share of images segmented by a personalized model
 
     def as_json(self) -> dict[str, Any]:
@@ -140,16 +147,18 @@ def evaluate_batch(
 
 
 def summarize(site: str, results: ImageResults) -> Summary:
-    """Means over the images of `results` (NaN metrics when there are none)."""
+    """Means over the images of `results` (NaN metrics when there are none; NaN selector accuracy
+    when no image has a known site)."""
     count = len(results)
     if count == 0:
         return Summary(site, 0, math.nan, math.nan, math.nan, math.nan)
+    known = results.own_label != UNKNOWN_SITE
     return Summary(
         site=site,
         images=count,
         super_dice=float(results.super_dice.mean()),
         global_dice=float(results.global_dice.mean()),
-        selector_accuracy=float((results.top == results.own_label).mean()),
+        selector_accuracy=float((results.top == results.own_label)[known].mean()) if known.any() else math.nan,
         personalized_share=float((results.route != GLOBAL_MODEL).mean()),
     )
 
@@ -163,8 +172,9 @@ def format_table(rows: Sequence[Summary], pooled: Summary) -> str:
     def line(row: Summary) -> str:
         if row.images == 0:
             return f"{row.site:<{width}}  {0:>6}  {'-':>10}  {'-':>11}  {'-':>12}  {'-':>12}  (no test images)"
+        accuracy = "-" if math.isnan(row.selector_accuracy) else f"{row.selector_accuracy:.1%}"
         return (f"{row.site:<{width}}  {row.images:>6}  {row.super_dice:>10.4f}  {row.global_dice:>11.4f}  "
-                f"{row.selector_accuracy:>12.1%}  {row.personalized_share:>12.1%}")
+                f"{accuracy:>12}  {row.personalized_share:>12.1%}")
 
     rule = "-" * len(header)
     return "\n".join([header, rule, *(line(row) for row in rows), rule, line(pooled)])
@@ -305,9 +315,36 @@ def load_best_models(setup: RunSetup, device: torch.device) -> BestModels:
 
 def test_items(datalist_dir: Path, base_dir: Path, client: str) -> list[dict[str, str]]:
     """The `testing` image/label pairs of a client (files checked readable)."""
-    items = load_datalist(datalist_file(datalist_dir, client), base_dir, splits=(TEST_SPLIT,))[TEST_SPLIT]
+    return _testing(datalist_file(datalist_dir, client), base_dir)
+
+
+def _testing(datalist: Path, base_dir: Path) -> list[dict[str, str]]:
+    items = load_datalist(datalist, base_dir, splits=(TEST_SPLIT,))[TEST_SPLIT]
     check_images_readable(items)
     return items
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSet:
+    """Test images evaluated and reported together: one site's, or a pooled datalist file's."""
+
+    name: str
+    label: int  # the site's selector label, or UNKNOWN_SITE
+    datalist: Path
+    items: list[dict[str, str]]
+
+
+def load_test_sets(datalist_path: Path, base_dir: Path, labels: Mapping[str, int]) -> list[ImageSet]:
+    """One test set per site of `labels` from a folder of `client_<name>.json` datalists, or a single
+    set (named after the file) from a datalist JSON file such as the reference's `client_All.json`."""
+    if datalist_path.is_file():
+        return [ImageSet(datalist_path.stem, UNKNOWN_SITE, datalist_path, _testing(datalist_path, base_dir))]
+    if datalist_path.is_dir():
+        files = {client: datalist_file(datalist_path, client) for client in labels}
+        return [ImageSet(client, label, files[client], _testing(files[client], base_dir))
+                for client, label in labels.items()]
+    raise DataError(f"datalist_json_path {datalist_path} is neither a datalist JSON file "
+                    "nor a folder of client_<name>.json datalists")
 
 
 def evaluate_site(
@@ -347,7 +384,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset_base_dir", default=None,
                         help="root of the 2D PNG dataset (default: dataset_base_dir of the run's config_train.json)")
     parser.add_argument("--datalist_json_path", default=None,
-                        help="folder of the client_<name>.json datalists (default: datalist_json_path of the run's config)")
+                        help="folder of the client_<name>.json datalists, one per site, or one datalist JSON file "
+                             "(e.g. client_All.json) evaluated as one pooled set "
+                             "(default: datalist_json_path of the run's config)")
     parser.add_argument("--select_threshold", type=float, default=DEFAULT_THRESHOLD,
                         help="use a site's personalized model when the selector's top probability exceeds this "
                              f"(default {DEFAULT_THRESHOLD}; 1.0 = global model only)")
@@ -371,31 +410,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     setup = load_run_setup(models_dir)
     config = setup.train_config
     base_dir = resolve_path(args.dataset_base_dir or config.dataset_base_dir, "dataset_base_dir")
-    datalist_dir = resolve_path(args.datalist_json_path or config.datalist_json_path, "datalist_json_path")
+    datalist_path = resolve_path(args.datalist_json_path or config.datalist_json_path, "datalist_json_path")
     batch_size = args.batch_size or config.batch_size
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     logger.info("models: %s; sites (label): %s; device %s", models_dir,
                 ", ".join(f"{client} ({label})" for client, label in setup.labels.items()), device)
     models = load_best_models(setup, device)
-    items = {client: test_items(datalist_dir, base_dir, client) for client in setup.labels}
+    image_sets = load_test_sets(datalist_path, base_dir, setup.labels)
 
-    per_site: dict[str, ImageResults] = {}
-    for client, label in setup.labels.items():
-        if not items[client]:
-            logger.warning("%s has no %s images in %s", client, TEST_SPLIT, datalist_file(datalist_dir, client))
-        per_site[client] = evaluate_site(items[client], label, models, setup, args.select_threshold, batch_size,
-                                         args.cache_rate, device, client)
-    rows = [summarize(client, results) for client, results in per_site.items()]
-    pooled = summarize("pooled", ImageResults.concat(list(per_site.values())))
+    per_set: dict[str, ImageResults] = {}
+    for image_set in image_sets:
+        if not image_set.items:
+            logger.warning("%s has no %s images in %s", image_set.name, TEST_SPLIT, image_set.datalist)
+        per_set[image_set.name] = evaluate_site(image_set.items, image_set.label, models, setup, args.select_threshold,
+                                               batch_size, args.cache_rate, device, image_set.name)
+    rows = [summarize(name, results) for name, results in per_set.items()]
+    pooled = summarize("pooled", ImageResults.concat(list(per_set.values())))
     if pooled.images == 0:
-        raise DataError(f"no {TEST_SPLIT} images in any datalist under {datalist_dir}")
+        raise DataError(f"no {TEST_SPLIT} images in the datalist(s) at {datalist_path}")
 
     print(f"FedSM super model, select_threshold {args.select_threshold:g}, models from {models_dir}")
     print(format_table(rows, pooled))
     results = {
         "models_dir": str(models_dir),
         "dataset_base_dir": str(base_dir),
-        "datalist_json_path": str(datalist_dir),
+        "datalist_json_path": str(datalist_path),
         "select_threshold": args.select_threshold,
         "sites": {row.site: row.as_json() for row in rows},
         "pooled": pooled.as_json(),

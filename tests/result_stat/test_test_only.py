@@ -252,6 +252,57 @@ def test_a_client_without_test_images_is_reported(run_copy, base_run, tmp_path, 
     assert out.strip().splitlines()[-1].startswith("Test Dice: ")
 
 
+def _pooled_datalist(base_run: Path, path: Path) -> Path:
+    """A reference-style `client_All.json`: every site's `testing` list in one file."""
+    testing = [item for client in LABELS
+               for item in json.loads((base_run / "datalist" / f"{client}.json").read_text())["testing"]]
+    path.write_text(json.dumps({"training": [], "validation": [], "testing": testing}))
+    return path
+
+
+def test_a_datalist_file_is_evaluated_as_one_pooled_set(run_copy, base_run, tmp_path, capsys):
+    """As in the reference, `--datalist_json_path` may name one datalist file (`client_All.json`): its
+    `testing` images are one set, scored like the per-site folder's pooled row, with no selector accuracy
+    since the file does not say which site an image comes from."""
+    _rig_selector(run_copy, LABELS["client_I2CVB"])
+    per_site, _ = _run(tmp_path, "--models_dir", str(run_copy), json_name="sites.json")
+    capsys.readouterr()
+    datalist = _pooled_datalist(base_run, tmp_path / "client_All.json")
+    pooled, _ = _run(tmp_path, "--models_dir", str(run_copy), "--datalist_json_path", str(datalist))
+    assert list(pooled["sites"]) == ["client_All"]
+    assert pooled["datalist_json_path"] == str(datalist)
+    for key in ("images", "super_dice", "global_dice", "personalized_share"):
+        assert pooled["pooled"][key] == pytest.approx(per_site["pooled"][key], abs=1e-9), key
+        assert pooled["sites"]["client_All"][key] == pytest.approx(per_site["pooled"][key], abs=1e-9), key
+    assert pooled["pooled"]["personalized_share"] == 1.0
+    assert per_site["pooled"]["selector_accuracy"] == pytest.approx(2 / 7)
+    assert pooled["pooled"]["selector_accuracy"] is None
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert next(line for line in lines if line.startswith("pooled")).split()[4] == "-"
+    assert lines[-1] == f"Test Dice: {per_site['test_dice']:.4f}"
+
+
+@pytest.mark.parametrize("case", ["missing", "not_json", "no_testing", "folder_without_a_site"])
+def test_a_bad_datalist_path_is_an_error_naming_it(case, run_copy, base_run, tmp_path):
+    if case == "missing":
+        named = tmp_path / "nowhere" / "client_All.json"
+        given = named
+    elif case == "folder_without_a_site":
+        given = tmp_path / "datalist"
+        shutil.copytree(base_run / "datalist", given)
+        named = given / "client_MSD.json"
+        named.unlink()
+    else:
+        named = given = tmp_path / "client_All.json"
+        given.write_text("{not json" if case == "not_json" else json.dumps({"training": []}))
+    with pytest.raises(SystemExit) as exit_info:
+        test_only.main(["--models_dir", str(run_copy), "--datalist_json_path", str(given)])
+    message = str(exit_info.value.code)
+    assert str(named) in message
+    if case == "no_testing":
+        assert "'testing'" in message
+
+
 def test_runs_as_a_script_from_another_folder(base_run, tmp_path):
     app = base_run / "ws" / "server" / "simulate_job" / "app_server"
     completed = subprocess.run(
@@ -291,6 +342,24 @@ def test_summarize_by_hand():
     empty = test_only.summarize("e", test_only.ImageResults.empty())
     assert empty.images == 0 and np.isnan(empty.super_dice)
     assert empty.as_json()["super_dice"] is None
+
+
+def test_summarize_leaves_selector_accuracy_out_for_images_of_unknown_site():
+    results = test_only.ImageResults(
+        own_label=np.array([test_only.UNKNOWN_SITE, 0, 0]),
+        top=np.array([1, 0, 1]),
+        confidence=np.array([0.95, 0.95, 0.5]),
+        route=np.array([1, 0, GLOBAL_MODEL]),
+        super_dice=np.array([0.9, 0.6, 0.3]),
+        global_dice=np.array([0.3, 0.3, 0.3]),
+    )
+    assert test_only.summarize("s", results).selector_accuracy == pytest.approx(0.5)
+    unknown = test_only.ImageResults(**{**vars(results), "own_label": np.full(3, test_only.UNKNOWN_SITE)})
+    summary = test_only.summarize("u", unknown)
+    assert np.isnan(summary.selector_accuracy) and summary.as_json()["selector_accuracy"] is None
+    assert summary.super_dice == pytest.approx(0.6) and summary.personalized_share == pytest.approx(2 / 3)
+    row = next(line for line in test_only.format_table([], summary).splitlines() if line.startswith("u"))
+    assert row.split()[4] == "-"
 
 
 def test_evaluate_batch_uses_the_routed_models():
