@@ -1,6 +1,7 @@
 """The one entry point: raw downloads -> 3D NIfTI per site -> 2D slices -> datalists, then a summary.
 
     python -m data_preparation.prepare --raw RAW_DIR --output OUT_DIR [--sites ...] [--split 0.5 0.25 0.25] [--seed 0]
+        [--nrrd-geometry {header,image}]
 
 Writes OUT_DIR/dataset/<site>/{Image,Mask}/<case>.nii.gz, OUT_DIR/dataset_2D/<site>/<case>/{Image,Mask}/*.png
 and OUT_DIR/datalist_2D/client_<site>.json plus client_All.json. Finished cases are skipped on a re-run.
@@ -14,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_preparation.converters import CONVERTERS, SOURCE_OF_SITE
+from data_preparation.converters import CONVERTERS, SOURCE_OF_SITE, nci_isbi
 from data_preparation.converters.common import Converter, Discovery, LayoutError
 from data_preparation.converters.runner import ConversionReport, convert_source, discover_source
 from data_preparation.datalist import MERGED_NAME, format_summary, site_datalist, write_datalists
@@ -53,6 +54,13 @@ def select(raw_dir: Path, sites: list[str] | None) -> tuple[list[Converter], lis
     return converters, [site for c in converters for site in c.sites]
 
 
+def with_options(converter: Converter, nrrd_geometry: str | None) -> Converter:
+    """`converter` set up with the command-line options that concern it."""
+    if converter.source == nci_isbi.SOURCE:
+        return nci_isbi.converter(nrrd_geometry)
+    return converter
+
+
 def discover_all(converters: list[Converter], raw_dir: Path) -> dict[str, Discovery]:
     """Discover every source before anything is written; one `LayoutError` listing every bad source."""
     found, errors = {}, []
@@ -85,7 +93,8 @@ def build_2d(outcome: Outcome, out_dir: Path, ratios: tuple[float, float, float]
 
 
 def summary(outcome: Outcome, out_dir: Path) -> str:
-    """Cases per site and stage, the datalist table (cases and slices per split), dropped and failed cases."""
+    """Cases per site and stage, the datalist table (cases and slices per split), then the dropped,
+    unlabelled (skipped: no segmentation) and failed cases."""
     dataset_dir, dataset_2d_dir = out_dir / "dataset", out_dir / "dataset_2D"
     rows = [f"{'site':<14}{'new 3D':>8}{'3D cases':>10}{'2D cases':>10}{'slices':>8}"]
     for site in outcome.sites:
@@ -100,6 +109,10 @@ def summary(outcome: Outcome, out_dir: Path) -> str:
     dropped = [f"  {r.source}: {name}: {why}" for r in outcome.conversions for name, why in r.dropped.items()]
     if dropped:
         parts.append("dropped (known defects):\n" + "\n".join(dropped))
+    unlabelled = [f"  {r.source}: {', '.join(r.unlabelled)}" for r in outcome.conversions if r.unlabelled]
+    if unlabelled:
+        count = sum(len(r.unlabelled) for r in outcome.conversions)
+        parts.append(f"skipped: no segmentation ({count}):\n" + "\n".join(unlabelled))
     failures = outcome.failures()
     parts.append(
         f"failed ({len(failures)}):\n" + "\n".join(f"  {line}" for line in failures) if failures else "no failures"
@@ -114,6 +127,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sites", nargs="+", choices=list(SOURCE_OF_SITE), help="default: every source found")
     parser.add_argument("--split", nargs=3, type=float, default=(0.5, 0.25, 0.25), metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the split by case")
+    parser.add_argument(
+        "--nrrd-geometry",
+        choices=nci_isbi.NRRD_GEOMETRIES,
+        help="NCI-ISBI: place every mask by its NRRD header, or copy the image geometry onto its voxels; "
+        "default: check that both agree where the voxel grids have the same size (see README)",
+    )
     args = parser.parse_args(argv)
     if min(args.split) <= 0 or abs(sum(args.split) - 1.0) > 1e-6:
         parser.error(f"--split needs three positive ratios summing to 1, got {args.split}")
@@ -126,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         converters, sites = select(args.raw, args.sites)
+        converters = [with_options(converter, args.nrrd_geometry) for converter in converters]
         discoveries = discover_all(converters, args.raw)
     except LayoutError as err:
         print(f"wrong raw layout, nothing written:\n{err}", file=sys.stderr)

@@ -7,6 +7,15 @@ from pathlib import Path
 import SimpleITK as sitk
 
 
+# What to do about files that show a download was not unpacked (or not fetched) where the converter looks.
+UNPACK_HINTS = {
+    ".zip": "the .zip archives were not unpacked: unzip them into this folder",
+    ".tar": "the .tar archives were not unpacked: extract them into this folder (tar xf)",
+    ".tcia": "a .tcia file is only a download manifest: open it with the NBIA Data Retriever and download "
+    "its series into this folder",
+}
+
+
 class LayoutError(ValueError):
     """The raw folder of a source does not look like its documented download; nothing is written."""
 
@@ -27,10 +36,12 @@ class CaseSource:
 
 @dataclass
 class Discovery:
-    """The paired cases found in a raw folder, and the names that could not be paired (name -> why)."""
+    """The paired cases found in a raw folder, the names that could not be paired (name -> why), and the
+    image cases the download has no segmentation for (not an error: e.g. most PROSTATEx patients)."""
 
     cases: list[CaseSource] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    unlabelled: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -52,11 +63,37 @@ def visible(paths: Iterable[Path]) -> list[Path]:
     return sorted(path for path in paths if not path.name.startswith("."))
 
 
+def folder_contents(folder: Path) -> str:
+    """What is below `folder`, for layout errors: its visible files counted by type, a few names each."""
+    by_suffix: dict[str, list[str]] = {}
+    for path in visible(p for p in folder.rglob("*") if p.is_file()):
+        by_suffix.setdefault(path.suffix.lower() or "(no extension)", []).append(path.name)
+    if not by_suffix:
+        return "no files"
+    return ", ".join(
+        f"{len(names)} {suffix} file(s) ({examples(names)})"
+        for suffix, names in sorted(by_suffix.items(), key=lambda item: -len(item[1]))
+    )
+
+
+def examples(names: list[str], limit: int = 3) -> str:
+    """The first `limit` names, comma-separated, with '...' when there are more."""
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def layout_error(folder: Path, problem: str, layout: str) -> LayoutError:
+    """A `LayoutError` naming `folder`, what is wrong with it, what it holds (and how to unpack archives or
+    manifests found there), and the expected layout."""
+    suffixes = {path.suffix.lower() for path in folder.rglob("*")} if folder.is_dir() else set()
+    hints = "".join(f"; {hint}" for suffix, hint in UNPACK_HINTS.items() if suffix in suffixes)
+    return LayoutError(f"{folder}: {problem}; found {folder_contents(folder)}{hints}; expected layout:\n{layout}")
+
+
 def require_dirs(source_dir: Path, names: Iterable[str], layout: str) -> None:
     """Raise `LayoutError` unless every folder in `names` exists under `source_dir`."""
     missing = [name for name in names if not (source_dir / name).is_dir()]
     if missing:
-        raise LayoutError(f"{source_dir}: missing folder(s) {', '.join(missing)}; expected layout:\n{layout}")
+        raise layout_error(source_dir, f"missing folder(s) {', '.join(missing)}", layout)
 
 
 def pair_by_case(site: str, images: Iterable[tuple[str, Path]], masks: Iterable[tuple[str, Path]]) -> Discovery:

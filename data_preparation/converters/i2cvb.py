@@ -4,7 +4,14 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from data_preparation.converters.common import CaseSource, Converter, Discovery, LayoutError, pair_by_case, visible
+from data_preparation.converters.common import (
+    CaseSource,
+    Converter,
+    Discovery,
+    layout_error,
+    pair_by_case,
+    visible,
+)
 from data_preparation.converters.volumes import as_image, binarize, read_dicom_series, snap_onto
 
 SOURCE = "I2CVB"
@@ -26,13 +33,20 @@ def discover(source_dir: Path) -> Discovery:
     """Pair each patient's T2W series with its GT/prostate series, over both vendors."""
     vendors = [source_dir / vendor for vendor in VENDORS if (source_dir / vendor).is_dir()]
     if not vendors:
-        raise LayoutError(f"{source_dir}: neither {' nor '.join(VENDORS)} folder found; expected layout:\n{LAYOUT}")
+        raise layout_error(source_dir, f"neither {' nor '.join(VENDORS)} folder", LAYOUT)
     patients = [path for vendor in vendors for path in visible(vendor.iterdir()) if path.is_dir()]
     images = [(case_name(p), p / IMAGE_DIR) for p in patients if (p / IMAGE_DIR).is_dir()]
     masks = [(case_name(p), p / MASK_DIR) for p in patients if (p / MASK_DIR).is_dir()]
     found = pair_by_case(SITE, images, masks)
     for patient in patients:
-        if not (patient / IMAGE_DIR).is_dir() and not (patient / MASK_DIR).is_dir():
+        ground_truth = patient / MASK_DIR.parent
+        if ground_truth.is_dir() and not (patient / MASK_DIR).is_dir():
+            entries = ", ".join(path.name for path in visible(ground_truth.iterdir())) or "nothing"
+            found.failed[case_name(patient)] = (
+                f"{ground_truth}: no {MASK_DIR.name} folder; expected the prostate mask series in "
+                f"{patient / MASK_DIR}, found {entries}"
+            )
+        elif not (patient / IMAGE_DIR).is_dir() and not (patient / MASK_DIR).is_dir():
             found.failed[case_name(patient)] = f"{patient}: neither {IMAGE_DIR} nor {MASK_DIR} folder"
     return found
 

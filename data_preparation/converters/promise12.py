@@ -5,7 +5,16 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from data_preparation.converters.common import CaseSource, Converter, Discovery, LayoutError, pair_by_case, visible
+from data_preparation.converters.common import (
+    CaseSource,
+    Converter,
+    Discovery,
+    LayoutError,
+    examples,
+    layout_error,
+    pair_by_case,
+    visible,
+)
 from data_preparation.converters.volumes import as_image, binarize, read_image, snap_onto
 
 SOURCE = "Promise12"
@@ -27,13 +36,40 @@ def _mhd_files(source_dir: Path) -> list[Path]:
     ]
 
 
+def test_data_folders(images: list[tuple[str, Path]], masks: list[tuple[str, Path]]) -> dict[Path, list[str]]:
+    """Folder -> cases whose image there has no segmentation next to it, while a segmentation of the same
+    case name lies elsewhere: the Promise12 test data (Case00-Case29, no segmentations) unpacked over
+    the training data."""
+    segmented = {case for case, _ in masks}
+    next_to_mask = {(case, path.parent) for case, path in masks}
+    found: dict[Path, list[str]] = {}
+    for case, path in images:
+        if case in segmented and (case, path.parent) not in next_to_mask:
+            found.setdefault(path.parent, []).append(case)
+    return found
+
+
 def discover(source_dir: Path) -> Discovery:
-    """Pair CaseXX.mhd with CaseXX_segmentation.mhd by case name, wherever they are below `source_dir`."""
+    """Pair CaseXX.mhd with CaseXX_segmentation.mhd by case name, wherever they are below `source_dir`.
+
+    `LayoutError` if there is no CaseXX.mhd, or if test data was unpacked over the training data.
+    """
     files = _mhd_files(source_dir)
     images = [(m[1], p) for p in files if (m := IMAGE_NAME.match(p.name))]
     masks = [(m[1], p) for p in files if (m := MASK_NAME.match(p.name))]
     if not images and not masks:
-        raise LayoutError(f"{source_dir}: no CaseXX.mhd files found; expected layout:\n{LAYOUT}")
+        raise layout_error(source_dir, "no CaseXX.mhd file", LAYOUT)
+    test_data = test_data_folders(images, masks)
+    if test_data:
+        raise LayoutError(
+            "\n".join(
+                f"{folder}: {len(cases)} image(s) without segmentation named like training cases "
+                f"({examples(cases)}): this looks like the Promise12 test data unpacked over the training data "
+                f"(images of the same names may have been overwritten). Unpack the test zip into a folder "
+                f"named Test* (skipped) or leave it out, and unpack the training zips again"
+                for folder, cases in test_data.items()
+            )
+        )
     return pair_by_case(SITE, images, masks)
 
 

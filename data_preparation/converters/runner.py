@@ -16,13 +16,17 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ConversionReport:
-    """Outcome for one raw source; `dropped` and `failed` map a case (or file) name to the reason."""
+    """Outcome for one raw source; `dropped` and `failed` map a case (or file) name to the reason.
+
+    `skipped` were converted by an earlier run; `unlabelled` have no segmentation in the download.
+    """
 
     source: str
     converted: list[CaseSource] = field(default_factory=list)
     skipped: list[CaseSource] = field(default_factory=list)
     dropped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    unlabelled: list[str] = field(default_factory=list)
 
 
 def discover_source(converter: Converter, raw_dir: Path) -> Discovery:
@@ -64,7 +68,7 @@ def convert_source(
     A case whose outputs both exist is skipped; a failing case is logged and recorded, the others go on.
     """
     dropped = dropped_cases(converter.source)
-    report = ConversionReport(converter.source)
+    report = ConversionReport(converter.source, unlabelled=list(discovery.unlabelled))
     for name, reason in discovery.failed.items():
         if name in dropped:
             report.dropped[name] = dropped[name]
@@ -87,11 +91,12 @@ def convert_source(
     for name, reason in report.failed.items():
         logger.error("%s: %s failed: %s", converter.source, name, reason)
     logger.info(
-        "%s: %d cases converted, %d already there, %d dropped (known defects), %d failed",
+        "%s: %d cases converted, %d already there, %d dropped (known defects), %d failed, %d skipped: no segmentation",
         converter.source,
         len(report.converted),
         len(report.skipped),
         len(report.dropped),
         len(report.failed),
+        len(report.unlabelled),
     )
     return report

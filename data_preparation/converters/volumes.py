@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 
 from data_preparation.converters.common import CaseError
@@ -41,17 +42,33 @@ def dicom_series(folder: Path) -> dict[str, list[str]]:
     return series
 
 
+def describe_series(series: dict[str, list[str]]) -> str:
+    """Each series as 'UID "description" (N files in folder)', for messages."""
+    described = []
+    for uid, files in series.items():
+        description = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["SeriesDescription"])
+        described.append(
+            f'{uid} "{description.get("SeriesDescription", "")}" ({len(files)} files in {Path(files[0]).parent})'
+        )
+    return "; ".join(described)
+
+
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> sitk.Image:
     """The DICOM series in `folder` (searched recursively): the only one, or the one with `series_uid`."""
     series = dicom_series(folder)
     if series_uid is None:
         if len(series) != 1:
-            raise CaseError(f"expected one DICOM series in {folder}, found {len(series)}")
+            raise CaseError(f"expected one DICOM series in {folder}, found {len(series)}: {describe_series(series)}")
         (files,) = series.values()
     elif series_uid in series:
         files = series[series_uid]
     else:
         raise CaseError(f"DICOM series {series_uid} not found in {folder}")
+    return read_series_files(files)
+
+
+def read_series_files(files: list[str]) -> sitk.Image:
+    """One DICOM series from its slice files (as `dicom_series` lists them); errors name the folder."""
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -122,18 +139,20 @@ def foreground_outside(mask: sitk.Image, reference: sitk.Image) -> int:
     return int(np.sum(np.any((in_reference < -0.5) | (in_reference > upper), axis=1)))
 
 
-def resample_onto(mask: sitk.Image, image: sitk.Image, mask_path: Path) -> sitk.Image:
-    """Nearest-neighbour resampling of a 0/1 mask onto the image grid (physical coordinates).
+def resample_nearest(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """Nearest-neighbour resampling of a 0/1 mask onto the image grid (physical coordinates), unchecked."""
+    return sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
-    `CaseError` if part of the mask's foreground lies outside the image volume.
-    """
+
+def resample_onto(mask: sitk.Image, image: sitk.Image, mask_path: Path) -> sitk.Image:
+    """`resample_nearest`, with a `CaseError` if part of the mask's foreground lies outside the image volume."""
     outside = foreground_outside(mask, image)
     if outside:
         raise CaseError(
             f"image and mask grids disagree for mask {mask_path}: {outside} foreground voxels lie outside "
             f"the image volume (image {describe_grid(image)}; mask {describe_grid(mask)})"
         )
-    return sitk.Resample(mask, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return resample_nearest(mask, image)
 
 
 def to_nifti(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:

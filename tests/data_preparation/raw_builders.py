@@ -13,6 +13,8 @@ import nrrd
 import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 IDENTITY = np.eye(3)
@@ -54,7 +56,12 @@ def box_mask(grid: Grid, value: int = 1, z=slice(1, 3), y=slice(4, 12), x=slice(
 
 
 def write_dicom_series(
-    folder: Path, volume: np.ndarray, grid: Grid, patient_id: str = "P0", series_uid: str | None = None
+    folder: Path,
+    volume: np.ndarray,
+    grid: Grid,
+    patient_id: str = "P0",
+    series_uid: str | None = None,
+    description: str = "t2_tse_tra",
 ) -> list[Dataset]:
     """One MR DICOM file per slice with full geometry tags; returns the datasets written."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,6 +83,7 @@ def write_dicom_series(
         ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20200101", "120000", "1", "1"
         ds.ReferringPhysicianName, ds.Manufacturer = "", "test"
         ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "MR", 1, k + 1
+        ds.SeriesDescription = description
         ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
         ds.ImagePositionPatient = [float(v) for v in np.asarray(grid.origin) + k * grid.spacing[2] * normal]
         ds.PixelSpacing = [grid.spacing[1], grid.spacing[0]]
@@ -89,27 +97,38 @@ def write_dicom_series(
     return datasets
 
 
-def write_dicom_seg(path: Path, source: list[Dataset], segments: dict[str, np.ndarray]) -> None:
-    """A binary DICOM-SEG over the `source` series, one segment per (label, (z, y, x) mask)."""
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
+def write_dicom_seg(
+    path: Path,
+    source: list[Dataset],
+    segments: dict[str, np.ndarray],
+    descriptions: dict[str, str] | None = None,
+    property_types: dict[str, Code] | None = None,
+) -> None:
+    """A binary DICOM-SEG over the `source` series, one segment per (label, (z, y, x) mask).
 
-    descriptions = [
-        hd.seg.SegmentDescription(
+    `descriptions` and `property_types` map a label to its SegmentDescription and segmented property
+    type (default: none, and SCT Prostate).
+    """
+    import highdicom as hd
+
+    items = []
+    for number, label in enumerate(segments, start=1):
+        item = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=label,
             segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Prostate,
+            segmented_property_type=(property_types or {}).get(label, codes.SCT.Prostate),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
         )
-        for number, label in enumerate(segments, start=1)
-    ]
+        if descriptions and label in descriptions:
+            item.SegmentDescription = descriptions[label]
+        items.append(item)
     pixels = np.stack(list(segments.values()), axis=-1).astype(bool)
     seg = hd.seg.Segmentation(
         source_images=source,
         pixel_array=pixels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
+        segment_descriptions=items,
         series_instance_uid=generate_uid(),
         series_number=2,
         sop_instance_uid=generate_uid(),
@@ -203,16 +222,29 @@ def build_nci_isbi_image(raw: Path, case: str, grid: Grid, seed: int = 0) -> Pat
     return folder
 
 
-def build_prostatex(raw: Path, case: str, grid: Grid, segments: dict[str, np.ndarray]) -> Path:
-    """TCIA-style `Raw/PROSTATEx/{Image,Mask}/<manifest>/PROSTATEx/<case>/<study>/<series>/`."""
-    study = "07-07-2011-NA-MR prostaat kanker detectie WDSmc MCAPRODETW-05711"
-    image_dir = raw / "PROSTATEx" / "Image" / "manifest-1" / "PROSTATEx" / case / study / "4.000000-t2tsetra-00702"
-    write_dicom_series(image_dir.parent / "3.000000-t2tsesag-87368", phantom(grid, 7), grid, case)
-    source = write_dicom_series(image_dir, phantom(grid, 1), grid, case)
-    seg_path = (
-        raw / "PROSTATEx" / "Mask" / "manifest-2" / "PROSTATEx" / case / study / "300.000000-Segmentation-1" / "1-1.dcm"
+PROSTATEX_STUDY = "07-07-2011-NA-MR prostaat kanker detectie WDSmc MCAPRODETW-05711"
+
+
+def prostatex_dirs(raw: Path, case: str) -> tuple[Path, Path]:
+    """The TCIA-style study folders of `case`: `Raw/PROSTATEx/{Image,Mask}/<manifest>/PROSTATEx/<case>/<study>`."""
+    return tuple(
+        raw / "PROSTATEx" / kind / manifest / "PROSTATEx" / case / PROSTATEX_STUDY
+        for kind, manifest in (("Image", "manifest-1"), ("Mask", "manifest-2"))
     )
-    write_dicom_seg(seg_path, source, segments)
+
+
+def build_prostatex(
+    raw: Path, case: str, grid: Grid, segments: dict[str, np.ndarray], descriptions: dict[str, str] | None = None
+) -> Path:
+    """A sagittal and an axial T2 series (the axial one, phantom seed 1, under the SEG) and one DICOM-SEG.
+
+    Returns the SEG path, `<mask study>/300.000000-Segmentation-1/1-1.dcm`.
+    """
+    image_study, mask_study = prostatex_dirs(raw, case)
+    write_dicom_series(image_study / "3.000000-t2tsesag-87368", phantom(grid, 7), grid, case, description="t2_tse_sag")
+    source = write_dicom_series(image_study / "4.000000-t2tsetra-00702", phantom(grid, 1), grid, case)
+    seg_path = mask_study / "300.000000-Segmentation-1" / "1-1.dcm"
+    write_dicom_seg(seg_path, source, segments, descriptions)
     return seg_path
 
 
