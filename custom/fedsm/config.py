@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .core.selector_update import GRADIENT_UPLOAD, SELECTOR_TRAINING
 from .models.networks import SELECTORS
+from .selector_training import selector_training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +64,12 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{source}: '{name}' must be > 0, got {getattr(self, name)}")
-        if self.selector_training not in SELECTOR_TRAINING:
-            raise ValueError(f"{source}: 'selector_training' must be one of {SELECTOR_TRAINING}, "
-                             f"got '{self.selector_training}'")
-        if self.selector_training in GRADIENT_UPLOAD and self.selector_local_epochs != 1:
-            raise ValueError(f"{source}: '{self.selector_training}' takes one selector step per round; "
-                             "set 'selector_local_epochs' to 1")
+        try:
+            problem = selector_training(self.selector_training).check_config(self.selector_local_epochs)
+        except ValueError as error:
+            problem = str(error)
+        if problem:
+            raise ValueError(f"{source}: {problem}")
         if self.selector not in SELECTORS:
             raise ValueError(f"{source}: 'selector' must be one of {SELECTORS}, got '{self.selector}'")
         if not 0.0 <= self.cache_dataset <= 1.0:

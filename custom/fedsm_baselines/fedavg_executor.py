@@ -32,7 +32,8 @@ from torch.utils.tensorboard import SummaryWriter
 
 from fedsm.config import TrainConfig
 from fedsm.data.site_data import load_site_data
-from fedsm.flare.learner import SIMULATOR_JOB_ID, choose_device, cpu_threads
+from fedsm.runtime import SIMULATOR_JOB_ID, choose_device, cpu_threads
+from fedsm.tags import GLOBAL_LOSS, GLOBAL_METRIC
 from fedsm.models.networks import build_unet
 from fedsm.models.weights import get_weights, set_weights, weight_difference
 from fedsm.training import train_segmentation, validate_segmentation
@@ -122,13 +123,13 @@ class UNetFedAvgExecutor(Executor):
         round_number = int(shareable.get_header(AppConstants.CURRENT_ROUND, 0))
         started = time.monotonic()
         dice = validate_segmentation(self.model, self.val_loader, self.device)
-        self.writer.add_scalar("val_metric_global_model", dice, round_number)
+        self.writer.add_scalar(GLOBAL_METRIC, dice, round_number)
         # seeded per round like the FedSM clients: the same shuffles and dropout masks
         torch.manual_seed(self.config.seed + round_number)
         self.train_loader.generator.manual_seed(self.config.seed + round_number)
         loss, steps = train_segmentation(self.model, self.optimizer, self.train_loader, self.config.local_epochs,
                                          self.device)
-        self.writer.add_scalar("train_loss", loss, round_number)
+        self.writer.add_scalar(GLOBAL_LOSS, loss, round_number)
         self.writer.flush()
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)

@@ -4,10 +4,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-GLOBAL_METRIC = "val_metric_global_model"
-PERSONALIZED_METRIC = "val_metric_person_model"
-SELECTOR_METRIC = "val_metric_select_model"
-SELECTOR_CONFIDENCE = "val_confidence_select_model"
+from ..tags import GLOBAL_METRIC, PERSONALIZED_METRIC, SELECTOR_CONFIDENCE, SELECTOR_METRIC
 
 
 def mean_metric(metrics: Mapping[str, Mapping[str, float]], sizes: Mapping[str, int], name: str) -> float:

@@ -1,45 +1,41 @@
-"""One FedSM round on the server: check and stream in client updates, then build the next models."""
+"""One FedSM round on the server: stream in checked client updates, then build the next models."""
 
 from collections.abc import Mapping
 
 import numpy as np
 
+from .adam_moments import moment_key
 from .model_set import ModelSet, Weights
-from .selector_update import make_selector_update
+from .selector_update import SelectorUpload
 from .soft_pull import soft_pull
-from .update_checks import shapes_of, update_problem
+from .update_checks import nonfinite_names
 from .weighted_average import WeightedAverage
 
 
 class RoundAggregator:
     """Aggregates one round: the step-weighted mean of the global weight differences, the selector
-    update (see `selector_update`), both streamed (one accumulator each, no client's copy kept), and
-    SoftPull of the personalized models of the clients that contributed. Clients that did not
-    contribute keep their personalized model."""
+    update (`server_update`, a rule of `fedsm.selector_training`), both streamed (one accumulator
+    each, no client's copy kept), and SoftPull of the personalized models of the clients that
+    contributed. Clients that did not contribute keep their personalized model; a variable a client
+    did not send (a filter excluded it) counts as unchanged from what the server holds."""
 
     def __init__(self, current: ModelSet, labels: Mapping[str, int], soft_pull_lambda: float,
-                 selector_training: str = "client_adam", selector_lr: float = 1e-3) -> None:
+                 server_update) -> None:
         self.current = current
         self.labels = dict(labels)
         self.soft_pull_lambda = soft_pull_lambda
         self._global_diff = WeightedAverage()
-        self._selector = make_selector_update(selector_training, current.selector, current.selector_moments,
-                                              selector_lr)
+        self._selector = server_update
         self._personalized: dict[str, Weights] = {}
-        global_shapes = shapes_of(current.global_model)
-        self._expected = {"global": global_shapes, "personalized": global_shapes, **self._selector.expected}
-
-    @property
-    def update_parts(self) -> tuple[str, ...]:
-        """The named weight dicts every client update must hold."""
-        return tuple(self._expected)
 
     @property
     def contributors(self) -> list[str]:
         return list(self._personalized)
 
-    def accept(self, client: str, label: int, update: Mapping[str, Weights], weight: float) -> str | None:
-        """Stream in one client's update; returns None, or the reason it was rejected (nothing is added)."""
+    def accept(self, client: str, label: int, global_diff: Weights, personalized: Weights,
+               selector: SelectorUpload, weight: float) -> str | None:
+        """Stream in one client's update (names and shapes already checked by the message decoder);
+        returns None, or the reason it was rejected (then nothing is added)."""
         if client not in self.labels:
             return f"client '{client}' is not in client_id_label_mapping"
         if label != self.labels[client]:
@@ -48,27 +44,33 @@ class RoundAggregator:
             return f"a second update from '{client}' in the same round"
         if not (np.isfinite(weight) and weight > 0):
             return f"invalid aggregation weight {weight}"
-        missing = [part for part in self._expected if not isinstance(update.get(part), Mapping)]
-        if missing:
-            return f"update lacks {missing}"
-        for part, shapes in self._expected.items():
-            problem = update_problem(update[part], shapes)
-            if problem:
-                return f"{part}: {problem}"
-        self._global_diff.add(update["global"], weight)
-        self._selector.add(update, weight)
-        self._personalized[client] = dict(update["personalized"])
+        arrays = {"global": global_diff, "personalized": personalized, **{
+            field: value for field, value in vars(selector).items() if value is not None}}
+        for part, values in arrays.items():
+            bad = nonfinite_names(values)
+            if bad:
+                return f"{part}: NaN/Inf values in {bad[:5]}"
+        if selector.moments is not None:
+            negative = [key for key, value in selector.moments.items()
+                        if key.startswith(moment_key("exp_avg_sq", "")) and (np.asarray(value) < 0).any()]
+            if negative:
+                return f"moments: negative exp_avg_sq in {negative[:5]}"
+        self._global_diff.add(global_diff, weight)
+        self._selector.add(selector, weight)
+        own = self.current.personalized[client] if client in self.current.personalized else self.current.global_model
+        self._personalized[client] = {name: personalized.get(name, value) for name, value in own.items()}
         return None
 
     def result(self) -> ModelSet:
-        """The models of the next round. Raises if no client contributed."""
+        """The next model set: new global and selector, SoftPull'ed personalized models, the next
+        round. Raises if no client contributed."""
         if not self._personalized:
             raise RuntimeError("no valid client update in this round")
         personalized = dict(self.current.personalized)
         personalized.update(soft_pull(self._personalized, self.soft_pull_lambda))
-        global_model = self._global_diff.result()
-        for name, diff in global_model.items():
-            np.add(diff, self.current.global_model[name], out=diff)
+        mean_diff = self._global_diff.result()
+        global_model = {name: np.add(mean_diff[name], value, out=mean_diff[name]) if name in mean_diff else value
+                        for name, value in self.current.global_model.items()}
         selector, moments = self._selector.result()
         return ModelSet(
             global_model=global_model,

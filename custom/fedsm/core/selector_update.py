@@ -1,16 +1,15 @@
-"""The two ways the server updates the selector from the clients' full-batch training.
+"""The server's rules for the selector update, one per selector-training mode (see
+`fedsm.selector_training`, where each rule is paired with its client step).
 
-`client_adam` (FedSM as published): each client takes the Adam step itself from the averaged moments
-and returns its weight difference and its moments; the server averages all three.
-`client_adam_on_server`: the same math as `client_adam` (one selector epoch), but each client returns
-only its full-batch gradient and the server replays that client's Adam step from the averaged
-moments, then averages weight differences and moments as `client_adam` does. A client's moments
-reveal its gradient anyway (`exp_avg_i = b1 * exp_avg + (1 - b1) * g_i`), so nothing more is
-disclosed, and a third of the selector bytes travel each way (no moments on the wire).
-`server_adam`: each client returns its full-batch gradient; the server averages the gradients and
-takes one Adam step itself, which is centralized full-batch Adam; the same bytes as above.
+`ClientAdamSelector` (FedSM as published): the step-weighted means of the clients' weight differences
+and Adam moments. `ClientAdamOnServerSelector`: the same math from each client's full-batch gradient,
+replaying its Adam step on the server. `ServerAdamSelector`: one Adam step on the weighted mean
+gradient (centralized full-batch Adam). Each is streamed: `add()` one client's `SelectorUpload` as it
+arrives, then `result()`. A parameter no client sent (a filter excluded it) keeps its weights and
+moments.
 """
 
+import dataclasses
 import math
 from collections.abc import Mapping
 
@@ -21,8 +20,15 @@ from .adam_moments import MOMENT_KINDS, STEP_KEY, moment_key
 from .model_set import Weights
 from .weighted_average import WeightedAverage
 
-SELECTOR_TRAINING = ("client_adam", "client_adam_on_server", "server_adam")
-GRADIENT_UPLOAD = ("client_adam_on_server", "server_adam")
+
+
+@dataclasses.dataclass
+class SelectorUpload:
+    """A client's selector contribution: weight difference and Adam moments, or full-batch gradient."""
+
+    diff: Weights | None = None
+    moments: Weights | None = None
+    gradient: Weights | None = None
 
 
 def expected_moment_shapes(selector: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -70,23 +76,19 @@ def adam_step(
 class ClientAdamSelector:
     """Step-weighted means of the clients' selector weight differences and Adam moments."""
 
-    update_parts = ("selector", "selector_moments")
-
     def __init__(self, selector: Weights, moments: Weights) -> None:
-        self.selector = selector
-        self.expected = {"selector": {n: w.shape for n, w in selector.items()},
-                         "selector_moments": expected_moment_shapes(selector)}
+        self.selector, self.moments = selector, moments
         self._diff, self._moments = WeightedAverage(), WeightedAverage()
 
-    def add(self, update: Mapping[str, Weights], weight: float) -> None:
-        self._diff.add(update["selector"], weight)
-        self._moments.add(update["selector_moments"], weight)
+    def add(self, upload: SelectorUpload, weight: float) -> None:
+        self._diff.add(upload.diff, weight)
+        self._moments.add(upload.moments, weight)
 
     def result(self) -> tuple[Weights, Weights]:
         mean_diff = self._diff.result()
         for name, diff in mean_diff.items():
             np.add(diff, self.selector[name], out=diff)
-        return mean_diff, self._moments.result()
+        return complete(mean_diff, self._moments.result(), self.selector, self.moments)
 
 
 class ClientAdamOnServerSelector:
@@ -98,26 +100,23 @@ class ClientAdamOnServerSelector:
     g * g, so the running sums of g and g * g are enough for them.
     """
 
-    update_parts = ("selector_gradient",)
-
     def __init__(self, selector: Weights, moments: Weights, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-        self.selector, self.lr, self.betas, self.eps = selector, lr, betas, eps
-        self.expected = {"selector_gradient": {n: w.shape for n, w in selector.items()}}
+        self.selector, self.moments, self.lr, self.betas, self.eps = selector, moments, lr, betas, eps
         self.step = float(moments.get(STEP_KEY, 0.0)) + 1.0
         # per parameter: torch dtype and the previous moments as tensors (None in round 0), made once
         self._dtypes = {name: _as_tensor(weights).dtype for name, weights in selector.items()}
         self._previous = {name: _previous_moments(moments, name) for name in selector}
         self._sums: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # diff, g, g * g
         self._scratch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # reused by every client
-        self._total_weight = 0.0
+        self._weights: dict[str, float] = {}
 
-    def add(self, update: Mapping[str, Weights], weight: float) -> None:
+    def add(self, upload: SelectorUpload, weight: float) -> None:
         weight = float(weight)
         if not weight > 0.0:
             raise ValueError(f"contribution weight must be > 0, got {weight}")
         beta1, beta2 = self.betas
         bias1, bias2_sqrt = 1.0 - beta1**self.step, math.sqrt(1.0 - beta2**self.step)
-        for name, gradient in update["selector_gradient"].items():
+        for name, gradient in upload.gradient.items():
             grad = _as_tensor(gradient).to(self._dtypes[name])
             if name not in self._sums:
                 self._sums[name] = tuple(torch.zeros_like(grad) for _ in range(3))
@@ -135,23 +134,24 @@ class ClientAdamOnServerSelector:
                 torch.mul(previous[1], beta2, out=denom).addcmul_(grad, grad, value=1.0 - beta2)
             denom.sqrt_().div_(bias2_sqrt).add_(self.eps)
             sum_diff.addcdiv_(exp_avg, denom, value=-self.lr / bias1 * weight)
-        self._total_weight += weight
+            self._weights[name] = self._weights.get(name, 0.0) + weight
 
     def result(self) -> tuple[Weights, Weights]:
-        if not self._total_weight:
+        if not self._weights:
             raise ValueError("no contribution was added")
         self._scratch = {}
         selector, moments = {}, {STEP_KEY: np.asarray(self.step, dtype=np.float32)}
         for name, (sum_diff, sum_grad, sum_grad_sq) in self._sums.items():
-            selector[name] = sum_diff.div_(self._total_weight).add_(_as_tensor(self.selector[name])).numpy()
+            total_weight = self._weights[name]
+            selector[name] = sum_diff.div_(total_weight).add_(_as_tensor(self.selector[name])).numpy()
             previous = self._previous[name] or (None, None)
             for kind, total, beta, before in zip(MOMENT_KINDS, (sum_grad, sum_grad_sq), self.betas, previous):
-                mean = total.div_(self._total_weight).mul_(1.0 - beta)
+                mean = total.div_(total_weight).mul_(1.0 - beta)
                 if before is not None:
                     mean.add_(before, alpha=beta)
                 moments[moment_key(kind, name)] = mean.numpy()
-        self._sums, self._total_weight = {}, 0.0
-        return selector, moments
+        self._sums, self._weights = {}, {}
+        return complete(selector, moments, self.selector, self.moments)
 
 
 def _previous_moments(moments: Weights, name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -172,26 +172,27 @@ def _as_tensor(array: np.ndarray) -> torch.Tensor:
 class ServerAdamSelector:
     """Weighted mean of the clients' full-batch selector gradients, then one Adam step on the server."""
 
-    update_parts = ("selector_gradient",)
-
     def __init__(self, selector: Weights, moments: Weights, lr: float) -> None:
         self.selector, self.moments, self.lr = selector, moments, lr
-        self.expected = {"selector_gradient": {n: w.shape for n, w in selector.items()}}
         self._gradient = WeightedAverage()
 
-    def add(self, update: Mapping[str, Weights], weight: float) -> None:
-        self._gradient.add(update["selector_gradient"], weight)
+    def add(self, upload: SelectorUpload, weight: float) -> None:
+        self._gradient.add(upload.gradient, weight)
 
     def result(self) -> tuple[Weights, Weights]:
-        return adam_step(self.selector, self._gradient.result(), self.moments, self.lr)
+        selector, moments = adam_step(self.selector, self._gradient.result(), self.moments, self.lr)
+        return complete(selector, moments, self.selector, self.moments)
 
 
-def make_selector_update(training: str, selector: Weights, moments: Weights, lr: float):
-    """The selector update rule named by `selector_training` in config_train.json."""
-    if training == "client_adam":
-        return ClientAdamSelector(selector, moments)
-    if training == "client_adam_on_server":
-        return ClientAdamOnServerSelector(selector, moments, lr)
-    if training == "server_adam":
-        return ServerAdamSelector(selector, moments, lr)
-    raise ValueError(f"selector_training must be one of {SELECTOR_TRAINING}, got '{training}'")
+def complete(selector: Weights, moments: Weights, previous: Weights, previous_moments: Weights
+             ) -> tuple[Weights, Weights]:
+    """The new selector and moments with every parameter no client sent kept as it was (moments of a
+    parameter never stepped start at zero, so the optimizer state stays complete)."""
+    for name, weights in previous.items():
+        if name in selector:
+            continue
+        selector[name] = weights
+        for kind in MOMENT_KINDS:
+            key = moment_key(kind, name)
+            moments[key] = previous_moments[key] if key in previous_moments else np.zeros_like(weights)
+    return selector, moments

@@ -1,9 +1,6 @@
-"""The FedSM super model: a selector routes each image to a site's personalized model or the global model."""
-
-from collections.abc import Sequence
+"""The FedSM super model's routing: the selector sends each image to a site's personalized model or the global model."""
 
 import numpy as np
-import torch
 
 GLOBAL_MODEL = -1
 
@@ -20,37 +17,3 @@ def route_by_confidence(probabilities: np.ndarray, threshold: float) -> np.ndarr
     top = probabilities.argmax(axis=1)
     confident = probabilities[np.arange(len(top)), top] > threshold
     return np.where(confident, top, GLOBAL_MODEL)
-
-
-class SuperModel(torch.nn.Module):
-    """Selector + global + one personalized model per site, combined by `route_by_confidence`."""
-
-    def __init__(
-        self,
-        selector: torch.nn.Module,
-        global_model: torch.nn.Module,
-        personalized: Sequence[torch.nn.Module],
-        threshold: float = 0.9,
-    ) -> None:
-        super().__init__()
-        self.selector = selector
-        self.global_model = global_model
-        self.personalized = torch.nn.ModuleList(personalized)
-        self.threshold = threshold
-
-    @torch.no_grad()
-    def route(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Selector probabilities (N, K) and the chosen model index per image."""
-        probabilities = torch.softmax(self.selector(images), dim=1).cpu().numpy()
-        return probabilities, route_by_confidence(probabilities, self.threshold)
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Segmentation logits, each image segmented by the model it was routed to."""
-        _, routes = self.route(images)
-        outputs = torch.empty_like(images[:, :1])
-        for index in np.unique(routes):
-            model = self.global_model if index == GLOBAL_MODEL else self.personalized[int(index)]
-            rows = torch.as_tensor(np.flatnonzero(routes == index), device=images.device)
-            outputs[rows] = model(images[rows])
-        return outputs

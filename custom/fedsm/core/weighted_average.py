@@ -8,55 +8,42 @@ import numpy as np
 class WeightedAverage:
     """Running weighted sum of named arrays: `add()` each contribution as it arrives, then `result()`.
 
-    Only one accumulator per name is held, never every contribution. Arrays keep their dtype: the
-    weight is applied as a Python float, so float32 inputs are summed and returned as float32.
+    Only one accumulator per name is held, never every contribution. Each name is averaged over the
+    contributions that hold it (a filter such as NVFlare's `ExcludeVars` may drop names), as NVFlare's
+    `WeightedAggregationHelper` does. Arrays keep their dtype: the weight is applied as a Python
+    float, so float32 inputs are summed and returned as float32.
     """
 
     def __init__(self) -> None:
         self._sums: dict[str, np.ndarray] = {}
-        self._dtypes: dict[str, np.dtype] = {}
-        self._total_weight = 0.0
-        self.count = 0
+        self._weights: dict[str, float] = {}
 
     def add(self, arrays: Mapping[str, np.ndarray], weight: float) -> None:
-        """Add one contribution; every contribution must have the same names and shapes."""
+        """Add one contribution; a name's shape must match its earlier contributions."""
         weight = float(weight)
         if not weight > 0.0:
             raise ValueError(f"contribution weight must be > 0, got {weight}")
-        if self._sums and arrays.keys() != self._sums.keys():
-            missing = sorted(self._sums.keys() - arrays.keys())
-            extra = sorted(arrays.keys() - self._sums.keys())
-            raise KeyError(f"contribution names differ from the first one: missing {missing}, unexpected {extra}")
         for name, array in arrays.items():
             array = np.asarray(array)
             total = self._sums.get(name)
             if total is None:
-                self._dtypes[name] = array.dtype
-                acc_dtype = array.dtype if np.issubdtype(array.dtype, np.floating) else np.float64
-                self._sums[name] = np.multiply(array, weight, out=np.empty(array.shape, acc_dtype))
-            elif total.shape != array.shape:
-                raise ValueError(f"'{name}': shape {array.shape} differs from the first contribution's {total.shape}")
+                if not np.issubdtype(array.dtype, np.floating):
+                    raise ValueError(f"'{name}': dtype {array.dtype} is not a float dtype")
+                self._sums[name] = np.multiply(array, weight, out=np.empty(array.shape, array.dtype))
+                self._weights[name] = 0.0
+            elif total.shape != array.shape or total.dtype != array.dtype:
+                raise ValueError(f"'{name}': {array.dtype}{array.shape} differs from the first contribution's "
+                                 f"{total.dtype}{total.shape}")
             else:
                 np.add(total, np.multiply(array, weight, dtype=total.dtype), out=total)
-        self._total_weight += weight
-        self.count += 1
-
-    @property
-    def total_weight(self) -> float:
-        return self._total_weight
+            self._weights[name] += weight
 
     def result(self) -> dict[str, np.ndarray]:
-        """The weighted mean of all contributions, each array in its input dtype."""
-        if not self.count:
+        """The weighted mean of every name added, each in its input dtype; resets the average."""
+        if not self._sums:
             raise ValueError("no contribution was added")
-        mean = {}
-        for name, total in self._sums.items():
-            total /= self._total_weight
-            dtype = self._dtypes[name]
-            mean[name] = total if total.dtype == dtype else np.rint(total).astype(dtype)
-        self._sums = {}
-        self.count = 0
-        self._total_weight = 0.0
+        mean = {name: np.divide(total, self._weights[name], out=total) for name, total in self._sums.items()}
+        self._sums, self._weights = {}, {}
         return mean
 
 

@@ -1,18 +1,18 @@
-"""NVFlare shell of the FedSM round aggregation (step-weighted averages, moment averaging, SoftPull)."""
+"""NVFlare shell of the FedSM round aggregation (step-weighted averages, selector rule, SoftPull)."""
 
 from collections.abc import Mapping
 
 from nvflare.apis.fl_component import FLComponent
 from nvflare.apis.fl_context import FLContext
-from nvflare.apis.shareable import Shareable
 
 from ..core.model_set import ModelSet
 from ..core.round_aggregation import RoundAggregator
-from .wire import Meta, unpack
+from ..selector_training import SelectorTraining
+from .messages import FedSMUpdate
 
 
 class FedSMAggregator(FLComponent):
-    """Streams each client's update into the round as it arrives; `aggregate()` gives the next models."""
+    """Streams each client's decoded update into the round as it arrives; `aggregate()` gives the next models."""
 
     def __init__(self, soft_pull_lambda: float = 0.7):
         super().__init__()
@@ -21,19 +21,15 @@ class FedSMAggregator(FLComponent):
         self.soft_pull_lambda = soft_pull_lambda
         self._round: RoundAggregator | None = None
 
-    def start_round(self, current: ModelSet, labels: Mapping[str, int], selector_training: str,
+    def start_round(self, current: ModelSet, labels: Mapping[str, int], mode: SelectorTraining,
                     selector_lr: float) -> None:
-        self._round = RoundAggregator(current, labels, self.soft_pull_lambda, selector_training, selector_lr)
+        self._round = RoundAggregator(current, labels, self.soft_pull_lambda,
+                                      mode.server_update(current.selector, current.selector_moments, selector_lr))
 
-    def accept(self, client: str, result: Shareable, fl_ctx: FLContext) -> bool:
+    def accept(self, client: str, update: FedSMUpdate, weight: float, fl_ctx: FLContext) -> bool:
         """Add one client's update; a rejected update is logged with its reason and left out."""
-        try:
-            update, meta = unpack(result, self._round.update_parts)
-            label, weight = int(meta[Meta.LABEL]), float(meta[Meta.WEIGHT])
-        except (ValueError, KeyError, TypeError) as error:
-            reason = f"malformed update: {error}"
-        else:
-            reason = self._round.accept(client, label, update, weight)
+        reason = self._round.accept(client, update.label, update.global_diff, update.personalized, update.selector,
+                                    weight)
         if reason:
             self.log_warning(fl_ctx, f"update of {client} rejected in round {self._round.current.next_round}: {reason}")
             return False

@@ -1,6 +1,5 @@
 """FedSM client: validates the received models, then trains global, personalized and selector models."""
 
-import os
 import time
 from pathlib import Path
 
@@ -14,31 +13,20 @@ from nvflare.apis.signal import Signal
 from torch.utils.tensorboard import SummaryWriter
 
 from ..config import TrainConfig
-from ..core.adam_moments import extract_adam_moments, load_adam_moments
 from ..core.best_models import improves
-from ..core.selector_update import GRADIENT_UPLOAD
+from ..core.selector_update import expected_moment_shapes
+from ..core.update_checks import shapes_of
 from ..data.site_data import load_site_data
 from ..io.checkpoint import save_checkpoint
 from ..models.networks import build_models
 from ..models.weights import get_weights, set_weights, weight_difference
-from ..training import (selector_full_batch_gradient, train_segmentation, train_selector_full_batch,
-                        validate_segmentation, validate_selector)
-from .wire import TASK_PARTS, Meta, pack, unpack
-
-SIMULATOR_JOB_ID = "simulate_job"
-
-
-def choose_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cpu_threads(configured: int, clients_on_this_host: int) -> int:
-    """Torch threads per client: the configured number, or (0 = auto) the cores shared among the
-    clients that run on this host, so that simulator clients do not oversubscribe the CPU."""
-    if configured > 0:
-        return configured
-    return max(1, (os.cpu_count() or 1) // max(1, clients_on_this_host))
+from ..runtime import SIMULATOR_JOB_ID, choose_device, cpu_threads
+from ..selector_training import selector_training
+from ..tags import (GLOBAL_LOSS, GLOBAL_METRIC, PERSONALIZED_LOSS, PERSONALIZED_METRIC, SELECTOR_CONFIDENCE,
+                    SELECTOR_LOSS, SELECTOR_METRIC)
+from ..training import train_segmentation, validate_segmentation, validate_selector
+from .messages import GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS, START_ERROR_HEADER, FedSMTask, FedSMUpdate, \
+    MessageError
 
 
 class FedSMLearner(Executor):
@@ -73,6 +61,7 @@ class FedSMLearner(Executor):
         self.client_name = fl_ctx.get_identity_name()
         self.in_simulator = fl_ctx.get_job_id() == SIMULATOR_JOB_ID
         self.config = TrainConfig.from_file(self.app_root / "config" / self.train_config_filename)
+        self.mode = selector_training(self.config.selector_training)
         torch.manual_seed(self.config.seed)
         data = load_site_data(self.config, self.client_name)
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
@@ -84,6 +73,10 @@ class FedSMLearner(Executor):
             "personalized": torch.optim.Adam(self.models["personalized"].parameters(), lr=self.config.learning_rate),
             "selector": torch.optim.Adam(self.models["selector"].parameters(), lr=self.config.learning_rate_select),
         }
+        unet_shapes, selector_shapes = shapes_of(get_weights(self.models["global"])), \
+            shapes_of(get_weights(self.models["selector"]))
+        self.task_shapes = {GLOBAL: unet_shapes, PERSONALIZED: unet_shapes, SELECTOR: selector_shapes,
+                            SELECTOR_MOMENTS: expected_moment_shapes(get_weights(self.models["selector"]))}
         self.writer = SummaryWriter(log_dir=str(self.app_root))
         self.best_metrics: dict[str, float] = {}
         self.ready = True
@@ -95,95 +88,79 @@ class FedSMLearner(Executor):
             return make_reply(ReturnCode.TASK_UNKNOWN)
         if not self.ready:
             reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
-            reply.set_header(Meta.START_ERROR, self.start_error)
+            reply.set_header(START_ERROR_HEADER, self.start_error)
             return reply
         try:
-            received, meta = unpack(shareable, TASK_PARTS)
-        except ValueError as error:
+            task = FedSMTask.from_shareable(shareable, self.task_shapes)
+        except MessageError as error:
             self.log_error(fl_ctx, f"bad task data: {error}")
             return make_reply(ReturnCode.BAD_TASK_DATA)
+        del shareable
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_threads(self.config.torch_threads,
-                                              meta.get(Meta.NUM_CLIENTS, 1) if self.in_simulator else 1))
-        round_number, label = int(meta[Meta.ROUND]), int(meta[Meta.LABEL])
+            torch.set_num_threads(cpu_threads(self.config.torch_threads, task.num_clients if self.in_simulator else 1))
         # seeded per round, so a resumed run draws the same shuffles and dropout masks as an uninterrupted one
-        torch.manual_seed(self.config.seed + round_number)
-        self.train_loader.generator.manual_seed(self.config.seed + round_number)
-        for kind in ("global", "personalized", "selector"):
-            set_weights(self.models[kind], received[kind])
+        torch.manual_seed(self.config.seed + task.round)
+        self.train_loader.generator.manual_seed(self.config.seed + task.round)
+        set_weights(self.models["global"], task.global_model)
+        set_weights(self.models["personalized"], task.personalized)
+        set_weights(self.models["selector"], task.selector)
         started, busy_from = time.monotonic(), time.time()
-        metrics = self._validate(round_number, label, fl_ctx)
+        metrics = self._validate(task.round, task.num_rounds, task.label, fl_ctx)
         seconds = {"validate": time.monotonic() - started, "busy_from": busy_from, "busy_until": time.time()}
-        reply_meta = {Meta.ROUND: round_number, Meta.LABEL: label, Meta.METRICS: metrics,
-                      Meta.NUM_VAL: self.num_validation, Meta.SECONDS: seconds}
+        reply = FedSMUpdate(round=task.round, label=task.label, metrics=metrics, num_validation=self.num_validation,
+                            seconds=seconds)
         if task_name == self.validate_task_name:
-            return pack({}, reply_meta)
+            return reply.to_shareable()
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         started = time.monotonic()
-        update, steps = self._train(round_number, label, received, fl_ctx)
-        # differences written over the trained global and selector weights (the next task loads new
-        # ones); the received weights are popped so that their memory is free before the upload
-        update["global"] = weight_difference(update["global"], received.pop("global"))
-        received_selector = received.pop("selector")
-        if "selector" in update:
-            update["selector"] = weight_difference(update["selector"], received_selector)
+        self._train(task, reply, fl_ctx)
         seconds["train"], seconds["busy_until"] = time.monotonic() - started, time.time()
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
-        return pack(update, {**reply_meta, Meta.WEIGHT: steps})
+        return reply.to_shareable()
 
-    def _validate(self, round_number: int, label: int, fl_ctx: FLContext) -> dict[str, float]:
+    def _validate(self, round_number: int, num_rounds: int, label: int, fl_ctx: FLContext) -> dict[str, float]:
         accuracy, confidence = validate_selector(self.models["selector"], self.val_loader, label, self.device)
         metrics = {
-            "val_metric_global_model": validate_segmentation(self.models["global"], self.val_loader, self.device),
-            "val_metric_person_model": validate_segmentation(self.models["personalized"], self.val_loader, self.device),
-            "val_metric_select_model": accuracy,
-            "val_confidence_select_model": confidence,
+            GLOBAL_METRIC: validate_segmentation(self.models["global"], self.val_loader, self.device),
+            PERSONALIZED_METRIC: validate_segmentation(self.models["personalized"], self.val_loader, self.device),
+            SELECTOR_METRIC: accuracy,
+            SELECTOR_CONFIDENCE: confidence,
         }
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, round_number)
         self.writer.flush()
         personalized = {"weights": get_weights(self.models["personalized"]), "round": round_number,
-                        "val_metric_person_model": metrics["val_metric_person_model"]}
+                        PERSONALIZED_METRIC: metrics[PERSONALIZED_METRIC]}
         save_checkpoint(self.app_root / "personalized_last.pt", personalized)
-        if improves(self.best_metrics, "personalized", metrics["val_metric_person_model"]):
+        if improves(self.best_metrics, "personalized", metrics[PERSONALIZED_METRIC]):
             save_checkpoint(self.app_root / "personalized_best.pt", personalized)
-        self.log_info(fl_ctx, f"round {round_number} validation: " +
+        self.log_info(fl_ctx, f"round {round_number} of {num_rounds} validation: " +
                       ", ".join(f"{tag} {value:.4f}" for tag, value in metrics.items()))
         return metrics
 
-    def _train(self, round_number: int, label: int, received: dict, fl_ctx: FLContext):
+    def _train(self, task: FedSMTask, reply: FedSMUpdate, fl_ctx: FLContext) -> None:
+        """Train the three models and attach their update to `reply`. The received weights are dropped
+        as soon as they are used, and the differences are written over the trained weights (the next task
+        loads new ones), so their memory is free before the upload."""
         epochs = self.config.local_epochs
         loss_global, steps = train_segmentation(self.models["global"], self.optimizers["global"], self.train_loader,
                                                 epochs, self.device)
         loss_personalized, _ = train_segmentation(self.models["personalized"], self.optimizers["personalized"],
                                                   self.train_loader, epochs, self.device)
-        selector = self.models["selector"]
-        if self.config.selector_training in GRADIENT_UPLOAD:
-            loss_selector = selector_full_batch_gradient(selector, self.train_loader, label, self.device)
-            selector_update = {"selector_gradient": {name: param.grad.detach().cpu().numpy()
-                                                     for name, param in selector.named_parameters()}}
-        else:
-            # popped from the received message, so its memory is released once loaded
-            load_adam_moments(self.optimizers["selector"], selector.named_parameters(),
-                              received.pop("selector_moments"), share_memory=True)
-            loss_selector = train_selector_full_batch(selector, self.optimizers["selector"], self.train_loader, label,
-                                                      self.config.selector_local_epochs, self.device)
-            selector_update = {
-                "selector": get_weights(selector),
-                "selector_moments": extract_adam_moments(self.optimizers["selector"], selector.named_parameters()),
-            }
-        losses = {"train_loss": loss_global, "train_loss_personalized": loss_personalized,
-                  "train_loss_selector": loss_selector}
+        moments, task.selector_moments = task.selector_moments, None
+        selector_upload, loss_selector = self.mode.client_step(
+            self.models["selector"], self.optimizers["selector"], self.train_loader, task.label,
+            self.config.selector_local_epochs, self.device, task.selector, moments)
+        del moments
+        task.selector = None
+        losses = {GLOBAL_LOSS: loss_global, PERSONALIZED_LOSS: loss_personalized, SELECTOR_LOSS: loss_selector}
         for tag, value in losses.items():
-            self.writer.add_scalar(tag, value, round_number)
+            self.writer.add_scalar(tag, value, task.round)
         self.writer.flush()
-        self.log_info(fl_ctx, f"round {round_number} training: " +
+        self.log_info(fl_ctx, f"round {task.round} training: " +
                       ", ".join(f"{tag} {value:.4f}" for tag, value in losses.items()))
-        update = {
-            "global": get_weights(self.models["global"]),
-            "personalized": get_weights(self.models["personalized"]),
-            **selector_update,
-        }
-        return update, steps
+        global_diff = weight_difference(get_weights(self.models["global"]), task.global_model)
+        task.global_model = None
+        reply.add_training(global_diff, get_weights(self.models["personalized"]), selector_upload, steps)

@@ -10,17 +10,10 @@ from nvflare.apis.fl_context import FLContext
 
 from ..config import TrainConfig, resolve_path
 from ..core.model_set import ModelSet, Weights
-from ..io.checkpoint import load_checkpoint, model_set_from_checkpoint, model_set_to_checkpoint, save_checkpoint
+from ..io.checkpoint import (STATE_FILENAME, best_checkpoint_name, load_checkpoint, model_set_from_checkpoint,
+                             model_set_to_checkpoint, save_checkpoint)
 from ..models.networks import build_models
 from ..models.weights import get_weights
-
-STATE_FILENAME = "fedsm_state.pt"
-
-
-def best_checkpoint_name(model: str, client: str | None = None) -> str:
-    """File name of a best checkpoint: `best_global_model.pt`, `best_selector_model.pt`,
-    `best_personalized_model_<client>.pt` (model IDs and client names live in separate namespaces)."""
-    return f"best_{model}_model_{client}.pt" if client else f"best_{model}_model.pt"
 
 
 def initial_model_set(train_config: TrainConfig, clients: list[str]) -> ModelSet:

@@ -7,34 +7,24 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from nvflare.apis.client import Client
-from nvflare.apis.dxo import from_shareable
 from nvflare.apis.controller_spec import ClientTask, SendOrder, Task
-from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.impl.controller import Controller
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
-from ..core.best_models import improved_models, mean_metric, GLOBAL_METRIC, SELECTOR_METRIC
+from ..core.best_models import improved_models, mean_metric
+from ..core.label_mapping import check_label_mapping
 from ..core.model_set import ModelSet
+from ..core.update_checks import shapes_of
+from ..selector_training import selector_training
+from ..tags import GLOBAL_METRIC, SELECTOR_METRIC
 from .aggregator import FedSMAggregator
+from .messages import START_ERROR_HEADER, FedSMTask, FedSMUpdate, MessageError, update_shapes, wire_bytes
 from .persistor import FedSMModelPersistor
 from .update_spool import receiving_cells, spool_updates_to_disk
-from .wire import Meta, pack, payload_bytes, unpack
-
-
-def check_label_mapping(mapping: dict, num_classes: int) -> dict[str, int]:
-    """Validate `client_id_label_mapping`: distinct integer labels in [0, select_num_classes)."""
-    if not mapping:
-        raise ValueError("client_id_label_mapping is empty")
-    labels = {}
-    for client, label in mapping.items():
-        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < num_classes:
-            raise ValueError(f"client_id_label_mapping['{client}'] = {label!r} is not a label in [0, {num_classes})")
-        labels[client] = label
-    if len(set(labels.values())) != len(labels):
-        raise ValueError(f"client_id_label_mapping gives two clients the same label: {mapping}")
-    return labels
 
 
 class FedSMController(Controller):
@@ -76,7 +66,9 @@ class FedSMController(Controller):
         self.min_clients = min_clients
         self.validate_final_models = validate_final_models
         self.tensor_disk_offload = tensor_disk_offload
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one lock around accepting, tracking the best models and aggregating
+        self._round_open = False
+        self._update_shapes: dict = {}
         self._metrics: dict[str, dict[str, float]] = {}
         self._sizes: dict[str, int] = {}
         self._client_seconds: dict[str, dict[str, float]] = {}
@@ -102,6 +94,33 @@ class FedSMController(Controller):
             self.labels = check_label_mapping(self.labels, self.train_config.select_num_classes)
         except ValueError as error:
             self.system_panic(f"FedSM configuration error: {error}", fl_ctx)
+            return
+        self.mode = selector_training(self.train_config.selector_training)
+        if self.tensor_disk_offload and self._server_result_filters(fl_ctx):
+            # the server's result filters run on the received message before FedSM reads it, and stock
+            # filters need tensors in memory, not references to tensors on disk
+            self.log_info(fl_ctx, "tensor_disk_offload off: the server has task result filters "
+                                  f"{self._server_result_filters(fl_ctx)}")
+            self.tensor_disk_offload = False
+
+    def _server_result_filters(self, fl_ctx: FLContext) -> list[str]:
+        """Class names of the server's task result filters on FedSM's tasks."""
+        runner = fl_ctx.get_prop(FLContextKey.RUNNER)
+        table = getattr(getattr(runner, "config", None), "task_result_filters", None) or {}
+        return sorted({type(f).__name__ for task in (self.train_task_name, self.validate_task_name)
+                       for f in table.get(task, [])})
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        """Measure each message as it travels: task data after the server's filters, results before them."""
+        super().handle_event(event_type, fl_ctx)
+        if event_type not in (EventType.AFTER_TASK_DATA_FILTER, EventType.BEFORE_TASK_RESULT_FILTER):
+            return
+        peer = fl_ctx.get_peer_context()
+        client = peer.get_identity_name() if peer else None
+        if event_type == EventType.AFTER_TASK_DATA_FILTER:
+            self._bytes_down[client] = wire_bytes(fl_ctx.get_prop(FLContextKey.TASK_DATA))
+        else:
+            self._bytes_up[client] = wire_bytes(fl_ctx.get_prop(FLContextKey.TASK_RESULT))
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext):
         cells = receiving_cells(self._engine, fl_ctx.get_job_id()) if self.tensor_disk_offload else []
@@ -139,19 +158,23 @@ class FedSMController(Controller):
             round_number = models.next_round
             self.log_info(fl_ctx, f"Round {round_number} of {self.num_rounds} started ({len(clients)} clients).")
             started = time.monotonic()
-            self.aggregator.start_round(models, {c: self.labels[c] for c in clients},
-                                        self.train_config.selector_training, self.train_config.learning_rate_select)
+            self.aggregator.start_round(models, {c: self.labels[c] for c in clients}, self.mode,
+                                        self.train_config.learning_rate_select)
+            self._update_shapes = update_shapes(shapes_of(models.global_model),
+                                                self.mode.upload_shapes(models.selector))
             self._run_tasks(self.train_task_name, models, clients, abort_signal, fl_ctx)
             if abort_signal.triggered:
                 return
             results_in = time.monotonic()
-            self._track_best(models, round_number, fl_ctx)
-            contributors = self.aggregator.contributors
-            if len(contributors) < self.min_clients:
-                self.system_panic(f"round {round_number}: {len(contributors)} valid client updates "
-                                  f"({contributors}), fewer than min_clients={self.min_clients}", fl_ctx)
-                return
-            models = self.aggregator.aggregate(fl_ctx)
+            with self._lock:  # a late result is not accepted while the round is closed
+                self._round_open = False
+                self._track_best(models, round_number, fl_ctx)
+                contributors = self.aggregator.contributors
+                if len(contributors) < self.min_clients:
+                    self.system_panic(f"round {round_number}: {len(contributors)} valid client updates "
+                                      f"({contributors}), fewer than min_clients={self.min_clients}", fl_ctx)
+                    return
+                models = self.aggregator.aggregate(fl_ctx)
             if not self._finish_writes(fl_ctx):  # the previous round's; at most one model set in flight
                 return
             self._write_in_background(self._save_state, _snapshot(models), fl_ctx)
@@ -170,10 +193,6 @@ class FedSMController(Controller):
         """Runs on the checkpoint thread; the log line tells that a restart can resume from this state."""
         path = self.persistor.save(models, fl_ctx)
         self.log_info(fl_ctx, f"saved {path.name} (next round {models.next_round})")
-
-    @property
-    def _clients_step_selector(self) -> bool:
-        return self.train_config.selector_training == "client_adam"
 
     def _log_round_cost(self, round_number: int, wall: float, aggregate_persist: float, fl_ctx: FLContext) -> None:
         """One parsable line: where the round's time went and the bytes moved per client (benchmarks read it).
@@ -213,15 +232,14 @@ class FedSMController(Controller):
                    fl_ctx: FLContext) -> None:
         self._metrics, self._sizes, self._client_seconds, self._bytes_up = {}, {}, {}, {}
         self._accept_seconds = 0.0
+        self._round_open = True
+        send_moments = self.mode.clients_step_adam and task_name == self.train_task_name
         tasks = []
         for client in clients:
-            parts = {"global": models.global_model, "personalized": models.personalized[client],
-                     "selector": models.selector,
-                     "selector_moments": models.selector_moments
-                     if self._clients_step_selector and task_name == self.train_task_name else {}}
-            self._bytes_down[client] = payload_bytes(parts)
-            data = pack(parts, {Meta.ROUND: models.next_round, Meta.NUM_ROUNDS: self.num_rounds,
-                                Meta.LABEL: self.labels[client], Meta.NUM_CLIENTS: len(clients)})
+            data = FedSMTask(round=models.next_round, num_rounds=self.num_rounds, label=self.labels[client],
+                             num_clients=len(clients), global_model=models.global_model,
+                             personalized=models.personalized[client], selector=models.selector,
+                             selector_moments=models.selector_moments if send_moments else None).to_shareable()
             task = Task(name=task_name, data=data, timeout=self.train_timeout, result_received_cb=self._on_result)
             # `send` shares the model arrays with the task; `broadcast` would deep-copy them per task
             if self.parallel_tasks:
@@ -242,28 +260,36 @@ class FedSMController(Controller):
             self.log_warning(fl_ctx, f"no result from {client} for task '{task_name}' in round {models.next_round}")
 
     def _on_result(self, client_task: ClientTask, fl_ctx: FLContext) -> None:
+        """Decode and check a reply once, then stream it into the round; never raises on a bad reply."""
         client = client_task.client.name
         result, client_task.result = client_task.result, None
+        task_name = client_task.task.name
         rc = result.get_return_code()
         if rc != ReturnCode.OK:
-            start_error = result.get_header(Meta.START_ERROR)
+            start_error = result.get_header(START_ERROR_HEADER)
             if start_error:
-                self._start_errors[client] = start_error
-            self.log_warning(fl_ctx, f"{client} returned '{rc}' for task '{client_task.task.name}'"
-                                     f"{': ' + start_error if start_error else ''}")
+                self._start_errors[client] = str(start_error)
+            self.log_warning(fl_ctx, f"{client} returned '{rc}' for task '{task_name}'"
+                                     f"{': ' + str(start_error) if start_error else ''}")
             return
+        training = task_name == self.train_task_name
         with self._lock:
+            if training and not self._round_open:
+                self.log_warning(fl_ctx, f"ignoring a result of {client} that came after the round closed")
+                return
+            started = time.monotonic()
             try:
-                _, meta = unpack(result, ())
-                self._metrics[client] = {k: float(v) for k, v in meta[Meta.METRICS].items()}
-                self._sizes[client] = int(meta[Meta.NUM_VAL])
-                self._client_seconds[client] = dict(meta.get(Meta.SECONDS, {}))
-                self._bytes_up[client] = payload_bytes(from_shareable(result).data)
-            except (ValueError, KeyError, TypeError, AttributeError) as error:
-                self.log_warning(fl_ctx, f"{client} sent no validation metrics: {error}")
-            if client_task.task.name == self.train_task_name:
-                started = time.monotonic()
-                self.aggregator.accept(client, result, fl_ctx)
+                update = FedSMUpdate.from_shareable(result, self._update_shapes if training else {})
+            except MessageError as error:
+                self.log_warning(fl_ctx, f"reply of {client} to '{task_name}' rejected: {error}")
+                return
+            finally:
+                del result  # with disk offload, this releases the spooled files as the arrays are read
+            self._metrics[client] = update.metrics
+            self._sizes[client] = update.num_validation
+            self._client_seconds[client] = update.seconds
+            if training:
+                self.aggregator.accept(client, update, update.steps, fl_ctx)
                 self._accept_seconds += time.monotonic() - started
 
     def _track_best(self, models: ModelSet, round_number: int, fl_ctx: FLContext) -> None:

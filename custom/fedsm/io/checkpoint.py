@@ -12,6 +12,15 @@ from ..models.weights import numpy_to_tensor
 from .atomic import atomic_path
 
 
+STATE_FILENAME = "fedsm_state.pt"  # the server's whole model set, the resume point
+
+
+def best_checkpoint_name(model: str, client: str | None = None) -> str:
+    """File name of a best checkpoint: `best_global_model.pt`, `best_selector_model.pt`,
+    `best_personalized_model_<client>.pt` (model IDs and client names live in separate namespaces)."""
+    return f"best_{model}_model_{client}.pt" if client else f"best_{model}_model.pt"
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names the file."""
 
