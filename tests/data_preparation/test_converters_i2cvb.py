@@ -47,3 +47,32 @@ def test_a_raw_folder_without_vendor_folders_stops_before_writing(tmp_path):
     (tmp_path / "Raw" / "I2CVB" / "ge-1-5t").mkdir(parents=True)
     with pytest.raises(LayoutError, match="GE"):
         discover_source(i2cvb.CONVERTER, tmp_path / "Raw")
+
+
+def test_a_patient_with_gt_but_no_prostate_folder_names_the_folder_expected(tmp_path):
+    raw, dataset = tmp_path / "Raw", tmp_path / "dataset"
+    build_i2cvb(raw, {"Patient_1": ("GE", Grid()), "Patient_2": ("Siemens", Grid())})
+    ground_truth = raw / "I2CVB" / "Siemens" / "Patient_2" / "GT"
+    (ground_truth / "prostate").rename(ground_truth / "cg")
+    (ground_truth / "pz").mkdir()
+
+    report = convert_source(i2cvb.CONVERTER, discover_source(i2cvb.CONVERTER, raw), dataset)
+
+    assert [c.case for c in report.converted] == ["Patient_1"]
+    assert report.failed == {
+        "Patient_2": f"{ground_truth}: no prostate folder; expected the prostate mask series in "
+        f"{ground_truth / 'prostate'}, found cg, pz"
+    }
+
+
+def test_a_raw_folder_of_unextracted_parts_names_them(tmp_path):
+    source = tmp_path / "Raw" / "I2CVB"
+    source.mkdir(parents=True)
+    for part in ("siemens-3t.tar.gz.aa", "siemens-3t.tar.gz.ab"):
+        (source / part).write_bytes(b"\x1f\x8b")
+    with pytest.raises(LayoutError) as error:
+        discover_source(i2cvb.CONVERTER, tmp_path / "Raw")
+    assert str(error.value).startswith(
+        f"{source}: neither GE nor Siemens folder; found 1 .aa file(s) (siemens-3t.tar.gz.aa), "
+        "1 .ab file(s) (siemens-3t.tar.gz.ab); expected layout:"
+    )

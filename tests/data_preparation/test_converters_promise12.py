@@ -44,3 +44,21 @@ def test_a_folder_without_case_files_stops_before_writing(tmp_path):
     (tmp_path / "Raw" / "Promise12" / "TrainingData_Part1.zip").mkdir(parents=True)
     with pytest.raises(LayoutError, match="CaseXX.mhd"):
         discover_source(promise12.CONVERTER, tmp_path / "Raw")
+
+
+@pytest.mark.parametrize("test_folder", ["", "TrainingData_Part1"])
+def test_test_data_unpacked_over_the_training_data_is_one_layout_error(tmp_path, test_folder):
+    raw, grid = tmp_path / "Raw", Grid()
+    build_promise12(raw, ["Case00", "Case01", "Case02"], grid, "TrainingData_Part1")
+    build_promise12(raw, ["Case03", "Case04"], grid, "TrainingData_Part2")
+    # the test zip (CaseNN.mhd without segmentation) unpacked flat into Raw/Promise12 or into a training folder
+    for case in ("Case03", "Case04"):
+        write_mhd(raw / "Promise12" / test_folder / f"{case}.mhd", np.zeros(grid.shape, np.int16), grid)
+
+    with pytest.raises(LayoutError) as error:
+        discover_source(promise12.CONVERTER, raw)
+
+    assert str(error.value).startswith(
+        f"{raw / 'Promise12' / test_folder}: 2 image(s) without segmentation named like training cases "
+        "(Case03, Case04): this looks like the Promise12 test data unpacked over the training data"
+    )

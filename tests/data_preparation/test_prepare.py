@@ -1,6 +1,7 @@
 """The one entry point over tiny raw downloads of all five sources: 3D, 2D, datalists, summary, re-run."""
 
 import json
+import shutil
 
 from raw_builders import (
     Grid,
@@ -10,6 +11,7 @@ from raw_builders import (
     build_nci_isbi_image,
     build_promise12,
     build_prostatex,
+    prostatex_dirs,
     snapshot,
     write_nrrd,
 )
@@ -93,3 +95,39 @@ def test_a_named_site_without_its_raw_folder_stops(tmp_path, capsys):
     (tmp_path / "Raw").mkdir()
     assert main(["--raw", str(tmp_path / "Raw"), "--output", str(tmp_path / "out"), "--sites", "MSD"]) == 2
     assert "MSD: no such folder" in capsys.readouterr().err
+
+
+def test_prostatex_patients_without_segmentation_are_listed_and_the_run_succeeds(tmp_path, capsys):
+    raw, out = tmp_path / "Raw", tmp_path / "out"
+    for n in range(5):
+        build_prostatex(raw, f"ProstateX-{n:04d}", GRID, {"Peripheral zone": box_mask(GRID)})
+    for n in (1, 3):
+        shutil.rmtree(prostatex_dirs(raw, f"ProstateX-{n:04d}")[1].parent)
+
+    assert main(["--raw", str(raw), "--output", str(out)]) == 0
+
+    printed = capsys.readouterr().out
+    assert "skipped: no segmentation (2):\n  PROSTATEx: ProstateX-0001, ProstateX-0003" in printed
+    assert "no failures" in printed
+    assert sorted(p.name for p in (out / "dataset" / "PROSTATEx" / "Mask").iterdir()) == [
+        "ProstateX-0000.nii.gz",
+        "ProstateX-0002.nii.gz",
+        "ProstateX-0004.nii.gz",
+    ]
+
+
+def test_nrrd_geometry_option_resolves_a_disagreeing_header(tmp_path, capsys):
+    raw, out = tmp_path / "Raw", tmp_path / "out"
+    for n in range(3):
+        case = f"Prostate3T-01-{n:04d}"
+        build_nci_isbi_image(raw, case, GRID, n)
+        header = Grid(origin=(-3.0, -5.0, 10.0)) if n == 2 else GRID
+        write_nrrd(raw / "NCI_ISBI" / "Mask" / "Training" / f"{case}.nrrd", box_mask(GRID), header)
+    args = ["--raw", str(raw), "--output", str(out), "--sites", "NCI_ISBI_3T"]
+
+    assert main(args) == 1
+    assert "NCI_ISBI: Prostate3T-01-0002: mask " in capsys.readouterr().out
+
+    assert main([*args, "--nrrd-geometry", "image"]) == 0
+    assert "no failures" in capsys.readouterr().out
+    assert json.loads((out / "datalist_2D" / "client_NCI_ISBI_3T.json").read_text())["testing"]
