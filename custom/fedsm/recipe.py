@@ -27,7 +27,7 @@ from nvflare.job_config.defs import FilterType
 from nvflare.recipe.spec import ExecEnv, Recipe
 
 from .config import TrainConfig
-from .flare.workflow import check_label_mapping
+from .core.label_mapping import check_label_mapping
 from .job_config import derive_job
 
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "fedsm_prostate"
