@@ -63,10 +63,10 @@ def visible(paths: Iterable[Path]) -> list[Path]:
     return sorted(path for path in paths if not path.name.startswith("."))
 
 
-def folder_contents(folder: Path) -> str:
-    """What is below `folder`, for layout errors: its visible files counted by type, a few names each."""
+def describe_files(files: list[Path]) -> str:
+    """Files counted by type, a few names each (most common type first), for layout errors."""
     by_suffix: dict[str, list[str]] = {}
-    for path in visible(p for p in folder.rglob("*") if p.is_file()):
+    for path in files:
         by_suffix.setdefault(path.suffix.lower() or "(no extension)", []).append(path.name)
     if not by_suffix:
         return "no files"
@@ -82,11 +82,12 @@ def examples(names: list[str], limit: int = 3) -> str:
 
 
 def layout_error(folder: Path, problem: str, layout: str) -> LayoutError:
-    """A `LayoutError` naming `folder`, what is wrong with it, what it holds (and how to unpack archives or
-    manifests found there), and the expected layout."""
-    suffixes = {path.suffix.lower() for path in folder.rglob("*")} if folder.is_dir() else set()
+    """A `LayoutError` naming `folder`, what is wrong with it, the files below it (and how to unpack the
+    archives or fetch the manifests among them), and the expected layout."""
+    files = visible(path for path in folder.rglob("*") if path.is_file())
+    suffixes = {path.suffix.lower() for path in files}
     hints = "".join(f"; {hint}" for suffix, hint in UNPACK_HINTS.items() if suffix in suffixes)
-    return LayoutError(f"{folder}: {problem}; found {folder_contents(folder)}{hints}; expected layout:\n{layout}")
+    return LayoutError(f"{folder}: {problem}; found {describe_files(files)}{hints}; expected layout:\n{layout}")
 
 
 def require_dirs(source_dir: Path, names: Iterable[str], layout: str) -> None:

@@ -36,7 +36,7 @@ def _mhd_files(source_dir: Path) -> list[Path]:
     ]
 
 
-def test_data_folders(images: list[tuple[str, Path]], masks: list[tuple[str, Path]]) -> dict[Path, list[str]]:
+def unpacked_test_data(images: list[tuple[str, Path]], masks: list[tuple[str, Path]]) -> dict[Path, list[str]]:
     """Folder -> cases whose image there has no segmentation next to it, while a segmentation of the same
     case name lies elsewhere: the Promise12 test data (Case00-Case29, no segmentations) unpacked over
     the training data."""
@@ -59,7 +59,7 @@ def discover(source_dir: Path) -> Discovery:
     masks = [(m[1], p) for p in files if (m := MASK_NAME.match(p.name))]
     if not images and not masks:
         raise layout_error(source_dir, "no CaseXX.mhd file", LAYOUT)
-    test_data = test_data_folders(images, masks)
+    test_data = unpacked_test_data(images, masks)
     if test_data:
         raise LayoutError(
             "\n".join(

@@ -5,8 +5,8 @@ others are listed as skipped (no segmentation), not as failures.
 
 Which SEG of a patient and which image series (`choose_seg`): a SEG names the series it was drawn
 on in its ReferencedSeriesSequence or, lacking it, through the SOP instances of its source images.
-Of the patient's SEGs, those whose series is in the patient's image folder are kept; of these the
-one with the most segments is used (a zones SEG over a whole-gland SEG: its zones are the
+Of the patient's SEGs, those drawn on exactly one series of the patient's image folder are kept; of
+these the one with the most segments is used (a zones SEG over a whole-gland SEG: its zones are the
 reference's masks, and their union is the gland); a tie goes to the first file by path.
 
 Which segments form the prostate mask: `MERGE_RULES`, matched against each segment's label,
