@@ -90,19 +90,16 @@ def test_the_urethra_is_found_by_description_or_property_type(tmp_path, label, d
     assert_converted(dataset, "PROSTATEx", "ProstateX-0000", GRID, phantom(GRID, 1), zones_mask())
 
 
+EXPECTED_ROLES = {
+    ("DPU", "Distal prostatic urethra"): prostatex.Role.ON_GLAND_SLICES,
+    ("3", "Urethra"): prostatex.Role.ON_GLAND_SLICES,
+    ("AFS", "Anterior fibromuscular stroma of prostate"): prostatex.Role.GLAND,
+    ("PZ", "Peripheral zone of prostate", "Prostate"): prostatex.Role.GLAND,
+}
+
+
 def test_the_merge_rules_table_decides_each_segment_role():
-    role = {names: prostatex.merge_rule(names).role for names in [
-        ("DPU", "Distal prostatic urethra"),
-        ("AFS", "Anterior fibromuscular stroma of prostate"),
-        ("PZ", "Peripheral zone of prostate", "Prostate"),
-        ("3", "Urethra"),
-    ]}
-    assert role == {
-        ("DPU", "Distal prostatic urethra"): prostatex.Role.ON_GLAND_SLICES,
-        ("AFS", "Anterior fibromuscular stroma of prostate"): prostatex.Role.GLAND,
-        ("PZ", "Peripheral zone of prostate", "Prostate"): prostatex.Role.GLAND,
-        ("3", "Urethra"): prostatex.Role.ON_GLAND_SLICES,
-    }
+    assert {names: prostatex.merge_rule(names).role for names in EXPECTED_ROLES} == EXPECTED_ROLES
 
 
 def test_merge_segments_keeps_on_gland_slices_segments_only_where_the_gland_is():
