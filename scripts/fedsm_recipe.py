@@ -20,10 +20,14 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
-from fedsm.job_config import parse_override
-from fedsm.recipe import DEFAULT_JOB, FedSMRecipe
-from nvflare.recipe import PocEnv, SimEnv
+# NVFlare warns that it takes --export/--export-dir off the command line; this script relies on that
+warnings.filterwarnings("ignore", message="NVFlare reserves '--export'")
+
+from fedsm.job_config import parse_override  # noqa: E402
+from fedsm.recipe import DEFAULT_JOB, FedSMRecipe  # noqa: E402
+from nvflare.recipe import PocEnv, SimEnv  # noqa: E402
 
 logger = logging.getLogger("fedsm_recipe")
 SIM_WORKSPACE = "/tmp/nvflare"

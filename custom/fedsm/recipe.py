@@ -110,18 +110,19 @@ class FedSMRecipe(Recipe):
                                        client_id_label_mapping, dict(overrides or {}))
         # the derived copy holds the code and config files the FedJob copies at export or run time
         self._staging = tempfile.TemporaryDirectory(prefix="fedsm_recipe_")
-        self.job_folder = derive_job(job_folder, Path(self._staging.name) / "job", self.settings)
-        config_dir = self.job_folder / "app" / "config"
-        train = TrainConfig.from_file(config_dir / "config_train.json")
+        derived = derive_job(job_folder, Path(self._staging.name) / "job", self.settings)
+        config_dir = derived / "app" / "config"
+        train = TrainConfig.from_dict(_read(config_dir / "config_train.json"),
+                                      source=f"config_train.json of {job_folder} with {self.settings}")
         server = _read(config_dir / SERVER_CONFIG)
         self.client_id_label_mapping = check_label_mapping(self._workflow_args(server)[LABEL_MAPPING],
                                                            train.select_num_classes)
         self.clients = list(self.client_id_label_mapping)
 
-        job = self._new_job(_read(self.job_folder / "meta.json"))
+        job = self._new_job(_read(derived / "meta.json"))
         self._add_app(job, SERVER_SITE_NAME, server)
         self._add_app(job, ALL_SITES, _read(config_dir / CLIENT_CONFIG))
-        self._add_files(job, self.job_folder / "app")
+        self._add_files(job, derived / "app")
         super().__init__(job)
         for add, filters in ((self.add_client_input_filter, client_input_filters),
                              (self.add_client_output_filter, client_output_filters),
