@@ -5,7 +5,8 @@ import torch
 from fedsm.core.adam_moments import extract_adam_moments
 from fedsm.core.model_set import ModelSet
 from fedsm.core.round_aggregation import RoundAggregator
-from fedsm.core.selector_update import adam_step
+from fedsm.core.selector_update import SelectorUpload, adam_step
+from fedsm.selector_training import selector_training
 
 
 def test_numpy_adam_step_matches_torch_adam_over_several_steps():
@@ -26,18 +27,30 @@ def test_numpy_adam_step_matches_torch_adam_over_several_steps():
     assert weights["p"].dtype == np.float32 and moments["exp_avg/p"].dtype == np.float32
 
 
-def _current():
+LABELS = {"a": 0, "b": 1}
+
+
+def _round(current: ModelSet, mode: str, lr: float) -> RoundAggregator:
+    server_update = selector_training(mode).server_update(current.selector, current.selector_moments, lr)
+    return RoundAggregator(current, LABELS, 0.7, server_update)
+
+
+def _accept(round_: RoundAggregator, client: str, upload: SelectorUpload, weight: float):
+    shape = round_.current.global_model["w"].shape
+    return round_.accept(client, LABELS[client], {"w": np.zeros(shape, np.float32)}, {"w": np.ones(shape, np.float32)},
+                         upload, weight)
+
+
+def _current(selector=None, moments=None):
     w = {"w": np.ones((2, 2), np.float32)}
-    return ModelSet(global_model=dict(w), selector={"s": np.ones(3, np.float32)}, selector_moments={},
-                    personalized={"a": dict(w), "b": dict(w)})
+    return ModelSet(global_model=dict(w), selector=selector or {"s": np.ones(3, np.float32)},
+                    selector_moments=moments or {}, personalized={"a": dict(w), "b": dict(w)})
 
 
 def test_server_adam_round_is_centralized_adam_on_the_weighted_mean_gradient():
-    round_ = RoundAggregator(_current(), {"a": 0, "b": 1}, 0.7, selector_training="server_adam", selector_lr=0.1)
-    assert set(round_.update_parts) == {"global", "personalized", "selector_gradient"}
-    base = {"global": {"w": np.zeros((2, 2), np.float32)}, "personalized": {"w": np.ones((2, 2), np.float32)}}
-    assert round_.accept("a", 0, {**base, "selector_gradient": {"s": np.array([1, 2, 3], np.float32)}}, 1) is None
-    assert round_.accept("b", 1, {**base, "selector_gradient": {"s": np.array([3, 2, 1], np.float32)}}, 3) is None
+    round_ = _round(_current(), "server_adam", lr=0.1)
+    assert _accept(round_, "a", SelectorUpload(gradient={"s": np.array([1, 2, 3], np.float32)}), 1) is None
+    assert _accept(round_, "b", SelectorUpload(gradient={"s": np.array([3, 2, 1], np.float32)}), 3) is None
     models = round_.result()
     expected, moments = adam_step({"s": np.ones(3, np.float32)}, {"s": np.array([2.5, 2.0, 1.5], np.float32)}, {},
                                   lr=0.1)
@@ -45,15 +58,6 @@ def test_server_adam_round_is_centralized_adam_on_the_weighted_mean_gradient():
     np.testing.assert_allclose(models.selector_moments["exp_avg/s"], moments["exp_avg/s"], rtol=1e-6)
     # first Adam step moves every parameter by lr against the gradient's sign
     np.testing.assert_allclose(models.selector["s"], 0.9, rtol=1e-5)
-
-
-def test_server_adam_rejects_an_update_without_gradient():
-    round_ = RoundAggregator(_current(), {"a": 0}, 0.7, selector_training="server_adam")
-    update = {"global": {"w": np.zeros((2, 2), np.float32)}, "personalized": {"w": np.ones((2, 2), np.float32)},
-              "selector": {"s": np.zeros(3, np.float32)}}
-    assert "selector_gradient" in round_.accept("a", 0, update, 1)
-    with pytest.raises(ValueError, match="selector_training"):
-        RoundAggregator(_current(), {"a": 0}, 0.7, selector_training="sgd")
 
 
 @pytest.mark.parametrize("first_round", [False, True])
@@ -68,22 +72,21 @@ def test_client_adam_on_server_equals_client_adam_with_torch_steps_on_clients(fi
     moments = {} if first_round else {
         "exp_avg/s": rng.standard_normal(4).astype(np.float32) * 0.1,
         "exp_avg_sq/s": rng.random(4).astype(np.float32) * 0.01, "step": np.asarray(3.0, np.float32)}
-    current = ModelSet(global_model={"w": np.zeros(2, np.float32)}, selector=selector, selector_moments=moments,
-                       personalized={"a": {"w": np.zeros(2, np.float32)}, "b": {"w": np.zeros(2, np.float32)}})
+    current = _current(selector, moments)
     gradients = {"a": rng.standard_normal(4).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
-    base = {"global": {"w": np.zeros(2, np.float32)}, "personalized": {"w": np.ones(2, np.float32)}}
-    replayed = RoundAggregator(current, {"a": 0, "b": 1}, 0.7, "client_adam_on_server", selector_lr=1e-2)
-    faithful = RoundAggregator(current, {"a": 0, "b": 1}, 0.7, "client_adam", selector_lr=1e-2)
-    for label, (client, gradient) in enumerate(gradients.items()):
-        assert replayed.accept(client, label, {**base, "selector_gradient": {"s": gradient}}, 1 + label) is None
+    replayed = _round(current, "client_adam_on_server", lr=1e-2)
+    faithful = _round(current, "client_adam", lr=1e-2)
+    for client, gradient in gradients.items():
+        weight = 1 + LABELS[client]
+        assert _accept(replayed, client, SelectorUpload(gradient={"s": gradient}), weight) is None
         param = torch.nn.Parameter(torch.from_numpy(selector["s"].copy()))
         optimizer = torch.optim.Adam([param], lr=1e-2)
         load_adam_moments(optimizer, [("s", param)], moments)
         param.grad = torch.from_numpy(gradient.copy())
         optimizer.step()
-        update = {"selector": {"s": param.detach().numpy() - selector["s"]},
-                  "selector_moments": extract_adam_moments(optimizer, [("s", param)])}
-        assert faithful.accept(client, label, {**base, **update}, 1 + label) is None
+        upload = SelectorUpload(diff={"s": param.detach().numpy() - selector["s"]},
+                                moments=extract_adam_moments(optimizer, [("s", param)]))
+        assert _accept(faithful, client, upload, weight) is None
     expected, got = faithful.result(), replayed.result()
     np.testing.assert_allclose(got.selector["s"], expected.selector["s"], rtol=1e-5, atol=1e-7)
     assert got.selector_moments.keys() == expected.selector_moments.keys()
