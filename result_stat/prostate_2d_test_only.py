@@ -44,8 +44,8 @@ from fedsm.core.dice import binarize, dice_per_image
 from fedsm.core.super_model import GLOBAL_MODEL, route_by_confidence
 from fedsm.data.datalist import DataError, check_images_readable, datalist_file, load_datalist
 from fedsm.data.loading import make_loader
-from fedsm.flare.persistor import best_checkpoint_name
-from fedsm.flare.workflow import check_label_mapping
+from fedsm.io.checkpoint import best_checkpoint_name
+from fedsm.core.label_mapping import check_label_mapping
 from fedsm.io.atomic import write_text_atomic
 from fedsm.io.checkpoint import CheckpointError, load_checkpoint
 from fedsm.models.networks import build_selector, build_unet

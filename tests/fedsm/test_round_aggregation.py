@@ -146,8 +146,6 @@ def test_a_variable_nobody_sent_keeps_its_global_and_selector_weights_and_moment
         np.testing.assert_array_equal(models.selector_moments[f"{kind}/t"], current.selector_moments[f"{kind}/t"])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: RoundAggregator SoftPulls the held personalized values of a variable "
-                                       "no client sent, so they drift towards each other without any training")
 def test_a_personalized_variable_nobody_sent_is_unchanged():
     current = _current()
     round_ = _round(lam=0.5, current=current)

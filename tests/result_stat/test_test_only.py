@@ -14,7 +14,7 @@ from PIL import Image
 from fedsm.core.dice import binarize, dice_per_image
 from fedsm.core.super_model import GLOBAL_MODEL
 from fedsm.data.loading import make_loader
-from fedsm.flare.persistor import best_checkpoint_name
+from fedsm.io.checkpoint import best_checkpoint_name
 from fedsm.io.checkpoint import load_checkpoint, save_checkpoint
 from fedsm.models.networks import build_selector, build_unet
 from fedsm.models.weights import get_weights, set_weights

@@ -27,6 +27,7 @@ class RoundAggregator:
         self._global_diff = WeightedAverage()
         self._selector = server_update
         self._personalized: dict[str, Weights] = {}
+        self._personalized_sent: set[str] = set()  # names some contributor sent; the rest stay as held
 
     @property
     def contributors(self) -> list[str]:
@@ -59,6 +60,7 @@ class RoundAggregator:
         self._selector.add(selector, weight)
         own = self.current.personalized[client] if client in self.current.personalized else self.current.global_model
         self._personalized[client] = {name: personalized.get(name, value) for name, value in own.items()}
+        self._personalized_sent.update(personalized)
         return None
 
     def result(self) -> ModelSet:
@@ -67,7 +69,10 @@ class RoundAggregator:
         if not self._personalized:
             raise RuntimeError("no valid client update in this round")
         personalized = dict(self.current.personalized)
-        personalized.update(soft_pull(self._personalized, self.soft_pull_lambda))
+        for client, pulled in soft_pull(self._personalized, self.soft_pull_lambda).items():
+            held = self._personalized[client]
+            personalized[client] = {name: pulled[name] if name in self._personalized_sent else held[name]
+                                    for name in pulled}
         mean_diff = self._global_diff.result()
         global_model = {name: np.add(mean_diff[name], value, out=mean_diff[name]) if name in mean_diff else value
                         for name, value in self.current.global_model.items()}

@@ -137,8 +137,6 @@ class ClientAdamOnServerSelector:
             self._weights[name] = self._weights.get(name, 0.0) + weight
 
     def result(self) -> tuple[Weights, Weights]:
-        if not self._weights:
-            raise ValueError("no contribution was added")
         self._scratch = {}
         selector, moments = {}, {STEP_KEY: np.asarray(self.step, dtype=np.float32)}
         for name, (sum_diff, sum_grad, sum_grad_sq) in self._sums.items():

@@ -39,9 +39,7 @@ class WeightedAverage:
             self._weights[name] += weight
 
     def result(self) -> dict[str, np.ndarray]:
-        """The weighted mean of every name added, each in its input dtype; resets the average."""
-        if not self._sums:
-            raise ValueError("no contribution was added")
+        """The weighted mean of every name added (none: empty), each in its input dtype; resets the average."""
         mean = {name: np.divide(total, self._weights[name], out=total) for name, total in self._sums.items()}
         self._sums, self._weights = {}, {}
         return mean

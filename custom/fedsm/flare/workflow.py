@@ -2,9 +2,11 @@
 aggregator, track the best models, persist the next model set; validate the final models at the end."""
 
 import dataclasses
+import json
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from nvflare.apis.client import Client
 from nvflare.apis.controller_spec import ClientTask, SendOrder, Task
@@ -96,19 +98,22 @@ class FedSMController(Controller):
             self.system_panic(f"FedSM configuration error: {error}", fl_ctx)
             return
         self.mode = selector_training(self.train_config.selector_training)
-        if self.tensor_disk_offload and self._server_result_filters(fl_ctx):
+        result_filters = self._server_result_filters(fl_ctx)
+        if self.tensor_disk_offload and result_filters:
             # the server's result filters run on the received message before FedSM reads it, and stock
             # filters need tensors in memory, not references to tensors on disk
-            self.log_info(fl_ctx, "tensor_disk_offload off: the server has task result filters "
-                                  f"{self._server_result_filters(fl_ctx)}")
+            self.log_info(fl_ctx, f"tensor_disk_offload off: the server has task result filters {result_filters}")
             self.tensor_disk_offload = False
 
     def _server_result_filters(self, fl_ctx: FLContext) -> list[str]:
-        """Class names of the server's task result filters on FedSM's tasks."""
-        runner = fl_ctx.get_prop(FLContextKey.RUNNER)
-        table = getattr(getattr(runner, "config", None), "task_result_filters", None) or {}
-        return sorted({type(f).__name__ for task in (self.train_task_name, self.validate_task_name)
-                       for f in table.get(task, [])})
+        """Class paths of the task result filters in this server app's `config_fed_server.json`."""
+        config_file = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT)) / "config" / "config_fed_server.json"
+        try:
+            config = json.loads(config_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return []
+        return sorted({f.get("path", "?") for chain in config.get("task_result_filters", [])
+                       for f in chain.get("filters", [])})
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         """Measure each message as it travels: task data after the server's filters, results before them."""
@@ -285,6 +290,9 @@ class FedSMController(Controller):
                 return
             finally:
                 del result  # with disk offload, this releases the spooled files as the arrays are read
+            applied = {part: names for part, names in update.filters.items() if names}
+            if applied:
+                self.log_info(fl_ctx, f"reply of {client} to '{task_name}': filters applied {applied}")
             self._metrics[client] = update.metrics
             self._sizes[client] = update.num_validation
             self._client_seconds[client] = update.seconds

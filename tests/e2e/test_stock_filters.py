@@ -1,0 +1,142 @@
+"""NVFlare's stock DXO filters on FedSM messages, configured as NVFlare documents them, in the simulator."""
+
+import ast
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from e2e_helpers import make_job, server_app, tiny_overrides
+from tiny_runs import CLIENTS, run_simulator
+
+from fedsm.config import TrainConfig
+from fedsm.core.selector_update import expected_moment_shapes
+from fedsm.flare.persistor import initial_model_set
+from fedsm.models.networks import build_models
+from fedsm.models.weights import get_weights
+
+QUANTIZER = "nvflare.app_opt.pt.quantization.quantizer.ModelQuantizer"
+DEQUANTIZER = "nvflare.app_opt.pt.quantization.dequantizer.ModelDequantizer"
+TASKS = ["train", "validate"]
+MB = 1024 * 1024
+
+
+def _set_filters(job: Path, side: str, app: str = "app", **chains) -> None:
+    """Write `task_data_filters` / `task_result_filters` chains (lists of filter specs) into a config."""
+    config_file = job / app / "config" / f"config_fed_{side}.json"
+    config = json.loads(config_file.read_text())
+    for key, filters in chains.items():
+        config[key] = [{"tasks": TASKS, "filters": filters}]
+    config_file.write_text(json.dumps(config, indent=2))
+
+
+def _round_costs(log: str) -> list[tuple[float, float]]:
+    """(down MB, up MB) per client of every round, as the server logs them."""
+    return [(float(down), float(up)) for down, up in
+            re.findall(r"Round \d+ cost: .* per client down ([\d.]+) MB up ([\d.]+) MB", log)]
+
+
+def _every_site_in_every_round(log: str, rounds: int) -> None:
+    for round_number in range(rounds):
+        assert f"Round {round_number} finished" in log, log[-3000:]
+        assert f"aggregated {sorted(CLIENTS)}" in log.split(f"Round {round_number} finished")[1].splitlines()[0]
+    assert "rejected" not in log and "FedSM finished." in log
+
+
+def _model_bytes(job: Path) -> tuple[int, int]:
+    """Bytes of one UNet and of the selector of the job's config (all float32)."""
+    config = json.loads((job / "app" / "config" / "config_train.json").read_text())
+    models = build_models(config)
+    size = lambda model: sum(a.nbytes for a in get_weights(model).values())  # noqa: E731
+    return size(models["global"]), size(models["selector"])
+
+
+@pytest.mark.parametrize("quantization_type", ["float16", "blockwise8"])
+def test_quantization_both_ways_halves_weights_on_the_wire(tiny_data, tmp_path, quantization_type):
+    if quantization_type != "float16" and not torch.cuda.is_available():
+        pytest.skip("NVFlare 2.9's ModelQuantizer runs blockwise8 on CUDA only")
+    job = make_job(tmp_path, "job", tiny_overrides(tiny_data))
+    quantizer = {"path": QUANTIZER, "args": {"quantization_type": quantization_type}}
+    dequantizer = {"path": DEQUANTIZER, "args": {}}
+    _set_filters(job, "client", task_result_filters=[quantizer], task_data_filters=[dequantizer])
+    _set_filters(job, "server", task_data_filters=[quantizer], task_result_filters=[dequantizer])
+    result = run_simulator(job, tmp_path / "ws")
+    log = result.stdout
+    assert result.returncode == 0
+    _every_site_in_every_round(log, 2)
+    assert "tensor_disk_offload off: the server has task result filters" in log
+    unet, selector = _model_bytes(job)
+    moments = 2 * selector + 4  # exp_avg, exp_avg_sq and the step: APP_DEFINED, never quantized
+    factor = {"float16": 0.5, "blockwise8": 0.25}[quantization_type]
+    weights = factor * (2 * unet + selector)  # global, personalized, selector: each way
+    costs = _round_costs(log)
+    assert len(costs) == 2
+    (down0, up0), (down1, up1) = costs
+    assert down0 == pytest.approx(weights / MB, abs=0.1 + 0.02 * weights / MB)  # round 0: no moments yet
+    for down, up in ((down1, up1), (None, up0)):
+        if down is not None:
+            assert down == pytest.approx((weights + moments) / MB, abs=0.1 + 0.02 * weights / MB)
+        assert up == pytest.approx((weights + moments) / MB, abs=0.1 + 0.02 * weights / MB)
+    unfiltered = (2 * unet + selector + moments) / MB
+    assert up1 < 0.8 * unfiltered
+
+
+def test_exclude_vars_and_percentile_privacy(tiny_data, tmp_path):
+    """ExcludeVars keeps the selector at home (the server's selector never changes), PercentilePrivacy
+    filters the global difference, and the server sees both in the parts' filter histories."""
+    job = make_job(tmp_path, "job", tiny_overrides(tiny_data))
+    exclude = {"path": "nvflare.app_common.filters.ExcludeVars", "args": {"exclude_vars": r"^(features|classifier)\."}}
+    privacy = {"path": "nvflare.app_common.filters.PercentilePrivacy",
+               "args": {"percentile": 10, "gamma": 0.01, "data_kinds": ["WEIGHT_DIFF"]}}
+    _set_filters(job, "client", task_result_filters=[exclude, privacy])
+    result = run_simulator(job, tmp_path / "ws")
+    log = result.stdout
+    assert result.returncode == 0
+    _every_site_in_every_round(log, 2)
+    histories = [ast.literal_eval(h) for h in re.findall(r"reply of \w+ to 'train': filters applied (.*)", log)]
+    assert len(histories) == 2 * len(CLIENTS)
+    assert all("PercentilePrivacy" in h["global"] and "ExcludeVars" in h["selector"] for h in histories)
+    state = torch.load(server_app(tmp_path / "ws") / "fedsm_state.pt", weights_only=True)
+    config = TrainConfig.from_file(job / "app" / "config" / "config_train.json")
+    initial = initial_model_set(config, CLIENTS)
+    for name, weights in initial.selector.items():
+        np.testing.assert_array_equal(state["selector"][name].numpy(), weights, err_msg=name)
+    # the moments were still averaged (they are not weights, ExcludeVars leaves them)
+    assert set(state["selector_moments"]) == set(expected_moment_shapes(initial.selector))
+    changed = [name for name, weights in initial.global_model.items()
+               if not np.array_equal(state["global"][name].numpy(), weights)]
+    assert changed and all(torch.isfinite(t).all() for t in state["global"].values())
+
+
+def test_a_filter_that_breaks_a_part_gets_only_that_site_rejected(tiny_data, tmp_path):
+    """client_MSD quantizes its results but the server does not dequantize them: its float16 update is
+    rejected, naming the filter, and the other sites aggregate every round."""
+    job = make_job(tmp_path, "job", tiny_overrides(tiny_data))
+    shutil.copytree(job / "app", job / "app_msd")
+    _set_filters(job, "client", app="app_msd",
+                 task_result_filters=[{"path": QUANTIZER, "args": {"quantization_type": "float16"}}])
+    others = [c for c in CLIENTS if c != "client_MSD"]
+    meta_file = job / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["deploy_map"] = {"app": ["server", *others], "app_msd": ["client_MSD"]}
+    meta_file.write_text(json.dumps(meta, indent=2))
+    result = run_simulator(job, tmp_path / "ws")
+    log = result.stdout
+    assert result.returncode == 0
+    rejections = re.findall(r"reply of client_MSD to 'train' rejected: (.*)", log)
+    assert len(rejections) == 2
+    assert all("dtype float16, expected float32" in r and "ModelQuantizer" in r for r in rejections)
+    for round_number in range(2):
+        assert f"aggregated {others}" in log.split(f"Round {round_number} finished")[1].splitlines()[0]
+
+
+def test_an_unknown_filter_class_stops_the_job_at_start_naming_it(tiny_data, tmp_path):
+    job = make_job(tmp_path, "job", tiny_overrides(tiny_data))
+    _set_filters(job, "client", task_result_filters=[{"path": "nvflare.app_common.filters.NoSuchFilter", "args": {}}])
+    result = run_simulator(job, tmp_path / "ws", timeout=180)
+    log = result.stdout
+    assert "NoSuchFilter" in log
+    assert "Round 0 finished" not in log
