@@ -33,8 +33,11 @@ def train_segmentation(
 
 
 def selector_full_batch_gradient(model: nn.Module, loader: Iterable, label: int, device: torch.device) -> float:
-    """Leave in `model`'s `.grad` the mean cross-entropy gradient over all images of `loader` (every
-    image carries this site's `label`); returns the mean loss."""
+    """Leave in `model`'s `.grad` the cross-entropy gradient summed over all images of `loader` (every
+    image carries this site's `label`), as the reference accumulates it; returns the mean loss.
+
+    The sum, not the mean: with synced Adam moments the scale decides how much each site weighs in
+    the averaged `exp_avg` (about N_i) and `exp_avg_sq` (about N_i^2)."""
     loss_function = nn.CrossEntropyLoss(reduction="sum")
     model.train()
     model.zero_grad(set_to_none=True)
@@ -47,9 +50,6 @@ def selector_full_batch_gradient(model: nn.Module, loader: Iterable, label: int,
         count += images.shape[0]
     if count == 0:
         raise ValueError("the selector has no training images")
-    for param in model.parameters():
-        if param.grad is not None:
-            param.grad /= count
     return total / count
 
 

@@ -36,9 +36,14 @@ def _copies(weights):
 
 
 def _full_batch_loss(model):
-    """Mean cross-entropy over every image of `_loader()`, all labelled `LABEL` (independent of training.py)."""
+    """Cross-entropy summed over every image of `_loader()` (the reference's full-batch loss), all labelled
+    `LABEL` (independent of training.py)."""
     images = torch.cat([batch["image"] for batch in _loader()])
-    return nn.functional.cross_entropy(model(images), torch.full((len(images),), LABEL))
+    return nn.functional.cross_entropy(model(images), torch.full((len(images),), LABEL), reduction="sum")
+
+
+def _num_images():
+    return sum(len(batch["image"]) for batch in _loader())
 
 
 def _prior_moments(model):
@@ -111,7 +116,7 @@ def test_client_adam_step_uploads_the_trained_difference_and_moments_by_name(wit
     for key, array in expected.items():
         np.testing.assert_allclose(upload.moments[key], array, rtol=1e-5, atol=1e-9)
     assert float(upload.moments["step"]) == (4.0 if with_moments else 2.0)
-    assert loss == pytest.approx(np.mean(losses), rel=1e-5)
+    assert loss == pytest.approx(np.mean(losses) / _num_images(), rel=1e-5)  # reported per image
 
 
 @pytest.mark.parametrize("mode", GRADIENT_MODES)
@@ -126,7 +131,7 @@ def test_gradient_modes_upload_the_full_batch_gradient_and_take_no_step(mode):
     for (name, _), gradient in zip(reference.named_parameters(), gradients):
         np.testing.assert_allclose(upload.gradient[name], gradient.numpy(), rtol=1e-5, atol=1e-7)
         np.testing.assert_array_equal(get_weights(model)[name], received[name])
-    assert loss == pytest.approx(full_batch.item(), rel=1e-5)
+    assert loss == pytest.approx(full_batch.item() / _num_images(), rel=1e-5)  # reported per image
 
 
 @pytest.mark.parametrize("mode", sorted(SELECTOR_TRAININGS))
