@@ -15,6 +15,7 @@ a key of meta.json. Values are JSON; a bare word is taken as a string.
 """
 
 import argparse
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -30,15 +31,44 @@ CONFIG_FILES = {
 }
 
 
-def package_code(job_dir: str | Path) -> Path:
-    """Copy the `fedsm` package into `<job_dir>/app/custom/fedsm` (replacing an older copy)."""
-    import fedsm
+SOURCE_RECORD = "PACKAGED_FROM.json"  # in a packaged copy: the source folder and the digest of its code
 
+
+def source_digest(package: Path) -> str:
+    """SHA-256 over the relative paths and contents of every `.py` file of a package folder."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def package_code(job_dir: str | Path, source: Path | None = None) -> Path:
+    """Copy the `fedsm` package (or the package folder `source`) into `<job_dir>/app/custom/fedsm`
+    (replacing an older copy), with a record of where it came from and the digest of its code (see
+    `check_packaged_code`)."""
+    source = (source or Path(__file__).parent).resolve()
     target = Path(job_dir) / "app" / "custom" / "fedsm"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(Path(fedsm.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", SOURCE_RECORD))
+    record = {"source": str(source), "sha256": source_digest(target)}
+    write_text_atomic(target / SOURCE_RECORD, json.dumps(record, indent=2) + "\n")
     return target
+
+
+def check_packaged_code(package: Path) -> None:
+    """Raise when `package` is a packaged copy whose source folder (on this machine) changed since it was
+    packaged, so that a job never silently runs old code; a copy without a reachable source passes."""
+    record_file = package / SOURCE_RECORD
+    if not record_file.is_file():
+        return
+    record = json.loads(record_file.read_text())
+    source = Path(record["source"])
+    if source.resolve() == package.resolve() or not source.is_dir():
+        return
+    if source_digest(source) != record["sha256"]:
+        raise RuntimeError(f"the job's copy of the FedSM code ({package}) is older than {source}: "
+                           "re-run scripts/setup.sh (or `python -m fedsm.job_config <job>`) to package it again")
 
 
 def _set(config: dict, section: str, key: str, value: Any, file: Path) -> None:

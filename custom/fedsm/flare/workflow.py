@@ -21,6 +21,7 @@ from ..core.best_models import improved_models, mean_metric
 from ..core.label_mapping import check_label_mapping
 from ..core.model_set import ModelSet
 from ..core.update_checks import shapes_of
+from ..job_config import check_packaged_code
 from ..selector_training import selector_training
 from ..tags import GLOBAL_METRIC, SELECTOR_METRIC
 from .aggregator import FedSMAggregator
@@ -70,6 +71,7 @@ class FedSMController(Controller):
         self.tensor_disk_offload = tensor_disk_offload
         self._lock = threading.Lock()  # one lock around accepting, tracking the best models and aggregating
         self._round_open = False
+        self._started = False
         self._update_shapes: dict = {}
         self._metrics: dict[str, dict[str, float]] = {}
         self._sizes: dict[str, int] = {}
@@ -83,20 +85,30 @@ class FedSMController(Controller):
         self._writes: list[Future] = []
 
     def start_controller(self, fl_ctx: FLContext):
+        self._started = self._start(fl_ctx)
+
+    def _start(self, fl_ctx: FLContext) -> bool:
+        """Find the components, check the code and config; False (after a system panic) when the run
+        cannot start."""
         self.aggregator = self._engine.get_component(self.aggregator_id)
         self.persistor = self._engine.get_component(self.persistor_id)
         if not isinstance(self.aggregator, FedSMAggregator):
             self.system_panic(f"component '{self.aggregator_id}' must be a FedSMAggregator", fl_ctx)
-            return
+            return False
         if not isinstance(self.persistor, FedSMModelPersistor):
             self.system_panic(f"component '{self.persistor_id}' must be a FedSMModelPersistor", fl_ctx)
-            return
+            return False
+        try:
+            check_packaged_code(Path(__file__).resolve().parents[1])
+        except RuntimeError as error:
+            self.system_panic(str(error), fl_ctx)
+            return False
         try:
             self.train_config = self.persistor.train_config(fl_ctx)
             self.labels = check_label_mapping(self.labels, self.train_config.select_num_classes)
         except ValueError as error:
             self.system_panic(f"FedSM configuration error: {error}", fl_ctx)
-            return
+            return False
         self.mode = selector_training(self.train_config.selector_training)
         result_filters = self._server_result_filters(fl_ctx)
         if self.tensor_disk_offload and result_filters:
@@ -104,6 +116,7 @@ class FedSMController(Controller):
             # filters need tensors in memory, not references to tensors on disk
             self.log_info(fl_ctx, f"tensor_disk_offload off: the server has task result filters {result_filters}")
             self.tensor_disk_offload = False
+        return True
 
     def _server_result_filters(self, fl_ctx: FLContext) -> list[str]:
         """Class paths of the task result filters in this server app's `config_fed_server.json`."""
@@ -128,6 +141,8 @@ class FedSMController(Controller):
             self._bytes_up[client] = wire_bytes(fl_ctx.get_prop(FLContextKey.TASK_RESULT))
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext):
+        if not self._started:
+            return
         cells = receiving_cells(self._engine, fl_ctx.get_job_id()) if self.tensor_disk_offload else []
         with spool_updates_to_disk(cells, fl_ctx.get_job_id()) as folder:
             if self.tensor_disk_offload and folder is None:
