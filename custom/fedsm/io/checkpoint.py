@@ -13,6 +13,7 @@ from .atomic import atomic_path
 
 
 STATE_FILENAME = "fedsm_state.pt"  # the server's whole model set, the resume point
+CHECKPOINT_MODE = 0o600  # model weights are site data: readable by their owner only, whatever the umask
 
 
 def best_checkpoint_name(model: str, client: str | None = None) -> str:
@@ -42,8 +43,9 @@ def _to_numpy(value: Any) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike, content: dict[str, Any]) -> None:
-    """Save nested dicts of NumPy arrays (stored as tensors, no copy) and plain values, atomically."""
-    with atomic_path(path) as tmp:
+    """Save nested dicts of NumPy arrays (stored as tensors, no copy) and plain values, atomically,
+    as a file of mode 0600."""
+    with atomic_path(path, CHECKPOINT_MODE) as tmp:
         torch.save(_to_torch(content), tmp)
 
 
