@@ -50,7 +50,7 @@ from fedsm.data.loading import make_loader
 from fedsm.io.atomic import write_text_atomic
 from fedsm.io.checkpoint import CheckpointError
 from fedsm.models.networks import build_unet
-from fedsm.training import validate_segmentation
+from fedsm.core.dice import binarize, dice_per_image
 from result_stat.baselines import BEST_NAME, POOLED_DATALIST, RESULTS_NAME, num_rounds_of
 from result_stat.plot_tensorboard_events import read_scalars, save_png
 from result_stat.prostate_2d_test_only import (
@@ -65,11 +65,13 @@ from result_stat.prostate_2d_test_only import (
     load_weights_into,
     summarize,
     test_items,
+    trusted_sites,
 )
 from result_stat.workspace import SERVER_CONFIG, find_event_dirs, find_server_app
 
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 POOLED = "pooled"
+MAIN_NAME = "FedSM"
 UNSEEN_LABEL = -1  # own label of images of a site with no selector class
 FEDAVG_FINAL, FEDAVG_BEST = "FL_global_model.pt", "best_FL_global_model.pt"
 CROSS_VAL_RESULTS = Path("cross_site_val") / "cross_val_results.json"
@@ -78,6 +80,8 @@ SELECTOR_TAGS = ("val_metric_select_model", "val_confidence_select_model")
 # settings that must agree for a fair comparison (same data, preprocessing, budget, initialization)
 BUDGET_KEYS = ("image_size", "local_epochs", "batch_size", "learning_rate", "seed", "dataset_base_dir",
                "datalist_json_path")
+
+COMPARISON_KEYS = ("difference", "t_low", "t_high", "bootstrap_low", "bootstrap_high")
 
 logger = logging.getLogger("gap_report")
 
@@ -186,6 +190,101 @@ def gap_verdict(local: float, fedavg: float, centralized: float, super_dice: flo
     return verdict, closed
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (std NaN for fewer than two)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else math.nan
+
+
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    """Student's t 97.5% quantile (two-sided 95%); beyond 30 degrees of freedom 1.96 + 2.4 / df (within 0.003)."""
+    return T_975[df - 1] if df <= len(T_975) else 1.96 + 2.4 / df
+
+
+def t_interval(differences: Sequence[float]) -> tuple[float, float]:
+    """95% t-interval of the mean of paired per-seed differences; NaN for fewer than two seeds."""
+    mean, std = mean_std(differences)
+    if not math.isfinite(std):
+        return math.nan, math.nan
+    half = t_quantile_975(len(differences) - 1) * std / math.sqrt(len(differences))
+    return mean - half, mean + half
+
+
+def bootstrap_interval(differences: np.ndarray, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean paired difference when the test images are resampled.
+
+    `differences` is (seeds, images): per-image Dice differences on the same test images in every seed;
+    one resample draws images with replacement and averages their seed-mean differences."""
+    per_image = np.asarray(differences, dtype=np.float64).mean(axis=0)
+    if per_image.size == 0:
+        return math.nan, math.nan
+    draws = np.random.default_rng(seed).integers(0, per_image.size, (resamples, per_image.size))
+    low, high = np.percentile(per_image[draws].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """A paired comparison of two methods' pooled test Dice: `method - other`."""
+
+    method: str
+    other: str
+    seeds: int
+    difference: float  # mean over seeds
+    t_low: float
+    t_high: float
+    bootstrap_low: float
+    bootstrap_high: float
+
+
+def compare(method: str, other: str, dice: Sequence[np.ndarray], other_dice: Sequence[np.ndarray]) -> Comparison:
+    """`method - other` from per-seed per-image Dice vectors on the same images (seed i with seed i)."""
+    differences = np.stack([np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in zip(dice, other_dice)])
+    per_seed = differences.mean(axis=1)
+    return Comparison(method, other, len(per_seed), float(per_seed.mean()), *t_interval(per_seed),
+                      *bootstrap_interval(differences))
+
+
+def seed_noise(comparison: Comparison) -> str:
+    """Whether `comparison`'s difference is beyond seed noise (its t-interval excludes 0)."""
+    if comparison.seeds < 2:
+        return "seed noise not measured (one seed)"
+    if comparison.t_low > 0 or comparison.t_high < 0:
+        return f"beyond seed noise over {comparison.seeds} seeds"
+    return f"within seed noise over {comparison.seeds} seeds"
+
+
+def evidence(run: str, vs_fedavg: Comparison | None, vs_centralized: Comparison | None) -> str:
+    """One sentence: does the super model of `run` close the gap on these data, beyond seed noise?"""
+    if vs_fedavg is None or vs_centralized is None:
+        return f"{run}: FedAvg or centralized results are missing; the gap cannot be assessed."
+    gain, shortfall = vs_fedavg.difference, vs_centralized.difference
+    numbers = (f"super model - FedAvg {gain:+.4f} ({seed_noise(vs_fedavg)}), "
+               f"super model - centralized {shortfall:+.4f} ({seed_noise(vs_centralized)})")
+    if gain - shortfall <= 0:
+        return f"{run}: no gap to close on these data (FedAvg matches centralized); {numbers}."
+    if vs_fedavg.seeds < 2:
+        how = closing(0.0, gain - shortfall, gain)[0]
+        return f"{run}: the gap is {how} with one seed, so whether that is beyond seed noise is unknown; {numbers}."
+    better = vs_fedavg.t_low > 0
+    reaches = vs_centralized.t_high >= 0
+    if better and reaches:
+        how = "closes the gap: better than FedAvg and not below centralized, beyond seed noise"
+    elif better:
+        how = f"narrows the gap ({gain / (gain - shortfall):.0%} of it) beyond seed noise but stays below centralized"
+    elif vs_fedavg.t_high < 0:
+        how = "is worse than FedAvg beyond seed noise"
+    else:
+        how = "does not close the gap beyond seed noise"
+    return f"{run}: FedSM {how}; {numbers}."
+
+
 def noise_note(fedavg: float, fedsm_global: float) -> str:
     """FedAvg and FedSM's global model are trained alike: their difference measures run-to-run noise."""
     if not (math.isfinite(fedavg) and math.isfinite(fedsm_global)):
@@ -202,14 +301,24 @@ def noise_note(fedavg: float, fedsm_global: float) -> str:
 
 @dataclasses.dataclass
 class MethodResult:
-    """Test Dice of one method: `{site: (images, mean Dice)}`; the pooled mean is over training sites."""
+    """Test Dice of one method in one seed: per image (`dice`) and `{site: (images, mean Dice)}`; the
+    pooled mean is over training sites."""
 
     name: str
-    per_site: dict[str, tuple[int, float]]
+    dice: dict[str, np.ndarray]
     config: dict[str, Any]
     source: str
     note: str = ""
     pooled: float = math.nan
+
+    @property
+    def per_site(self) -> dict[str, tuple[int, float]]:
+        return {site: (len(values), float(np.mean(values)) if len(values) else math.nan)
+                for site, values in self.dice.items()}
+
+    def pooled_dice(self, sites: Sequence[str]) -> np.ndarray:
+        """Per-image Dice over the test images of `sites`, in site order."""
+        return np.concatenate([np.asarray(self.dice[site], np.float64) for site in sites])
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -241,20 +350,20 @@ def run_config(train_config: TrainConfig, server_config_path: Path | None, unet:
     return config
 
 
+@torch.no_grad()
 def unet_dice_per_site(weights_loader, items: Mapping[str, list], config: TrainConfig, batch_size: int,
-                       cache_rate: float, device: torch.device) -> dict[str, tuple[int, float]]:
-    """`{site: (images, mean Dice)}` of the UNet that `weights_loader(model)` fills, on each site's items."""
+                       cache_rate: float, device: torch.device) -> dict[str, np.ndarray]:
+    """`{site: per-image Dice}` of the UNet that `weights_loader(model)` fills, on each site's items."""
     model = build_unet()
     weights_loader(model)
     model.to(device).eval()
     result = {}
     for site, site_items in items.items():
-        if not site_items:
-            result[site] = (0, math.nan)
-            continue
         loader = make_loader(site_items, config.image_size, batch_size, shuffle=False, cache_rate=cache_rate,
-                             num_workers=config.num_workers, seed=config.seed)
-        result[site] = (len(site_items), validate_segmentation(model, loader, device))
+                             num_workers=config.num_workers, seed=config.seed) if site_items else []
+        scores = [dice_per_image(binarize(model(batch["image"].to(device))), batch["label"].to(device)).cpu().numpy()
+                  for batch in loader]
+        result[site] = np.concatenate(scores).astype(np.float64) if scores else np.zeros(0)
     return result
 
 
@@ -265,6 +374,7 @@ class FedSMRun:
     config: dict[str, Any]
     per_site: dict[str, ImageResults]  # evaluated at threshold 0 (see `at_threshold`)
     workspace: Path
+    validation: dict[str, float]  # best checkpoints' validation Dice: "global" and client name
 
 
 def evaluate_fedsm(name: str, workspace: Path, items: Mapping[str, list], unseen: Sequence[str],
@@ -279,18 +389,30 @@ def evaluate_fedsm(name: str, workspace: Path, items: Mapping[str, list], unseen
                                        f"{name} {site}")
     config = run_config(setup.train_config, setup.models_dir / SERVER_CONFIG,
                         client_id_label_mapping=setup.labels)
-    return FedSMRun(name, setup, config, per_site, Path(workspace))
+    return FedSMRun(name, setup, config, per_site, Path(workspace), models.validation)
 
 
-def fedsm_methods(run: FedSMRun, threshold: float, sites: Sequence[str]) -> list[MethodResult]:
-    """The FedSM run as two methods: global model only, and the super model at `threshold`."""
+ROUTED_SUFFIX = "super model, routed by validation"
+
+
+def fedsm_methods(run: FedSMRun, threshold: float, route_margin: float | None = None) -> list[MethodResult]:
+    """The FedSM run as methods: global model only, the super model at `threshold`, and with
+    `route_margin` the super model using only the personalized models that validation trusts."""
     available = list(run.setup.labels.values())
     source = str(run.setup.models_dir)
-    global_only = {site: (len(r), float(r.global_dice.mean()) if len(r) else math.nan) for site, r in run.per_site.items()}
-    routed = {site: summarize(site, at_threshold(r, threshold, available)) for site, r in run.per_site.items()}
-    super_model = {site: (row.images, row.super_dice) for site, row in routed.items()}
-    return [MethodResult(f"{run.name} global only", global_only, run.config, source, "selector threshold 1"),
-            MethodResult(f"{run.name} super model", super_model, run.config, source, f"selector threshold {threshold:g}")]
+    global_only = {site: r.global_dice for site, r in run.per_site.items()}
+    super_model = {site: at_threshold(r, threshold, available).super_dice for site, r in run.per_site.items()}
+    methods = [MethodResult(f"{run.name} global only", global_only, run.config, source, "selector threshold 1"),
+               MethodResult(f"{run.name} super model", super_model, run.config, source,
+                            f"selector threshold {threshold:g}")]
+    if route_margin is not None:
+        trusted = trusted_sites(run.validation, run.setup.labels, route_margin)
+        names = [short(client) for client, label in run.setup.labels.items() if label in trusted]
+        routed = {site: at_threshold(r, threshold, trusted).super_dice for site, r in run.per_site.items()}
+        methods.append(MethodResult(f"{run.name} {ROUTED_SUFFIX}", routed, run.config, source,
+                                    f"selector threshold {threshold:g}; validation margin {route_margin:g}: "
+                                    f"personalized models of {', '.join(names) or 'no site'}"))
+    return methods
 
 
 def evaluate_fedavg(workspace: Path, items: Mapping[str, list], batch_size: int | None, cache_rate: float,
@@ -341,7 +463,7 @@ def evaluate_local(folder: Path, items: Mapping[str, list], sites: Sequence[str]
     per_site, configs = {}, {}
     for site in items:
         if site not in sites:
-            per_site[site] = (len(items[site]), math.nan)
+            per_site[site] = np.full(len(items[site]), math.nan)
             continue
         site_folder = folder / site
         config, configs[site] = baseline_config(site_folder / RESULTS_NAME)
@@ -375,6 +497,26 @@ def selector_curves(run: FedSMRun) -> dict[str, dict[int, float]]:
 
 def fmt(value: float, digits: int = 4) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def fmt_signed(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:+.4f}"
+
+
+def fmt_mean_std(mean: float, std: float) -> str:
+    """`mean ± std`, or the mean alone where there is no spread (one seed)."""
+    return fmt(mean) if not math.isfinite(std) or not math.isfinite(mean) else f"{mean:.4f} ± {std:.4f}"
+
+
+def routing_sentence(run: str, row: Mapping[str, Any]) -> str:
+    """Which sites' personalized models validation trusts in `run`, with the validation Dice."""
+    trusted = ", ".join(short(client) for client in row["personalized_sites"]) or "no site"
+    dice = ", ".join(f"{short(key)} {fmt(value)}" for key, value in row["validation_dice"].items())
+    return f"{run}: personalized models of {trusted} (validation Dice {dice})"
+
+
+def interval(low: float | None, high: float | None) -> str:
+    return "-" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
 
 
 def pct(value: float) -> str:
@@ -539,37 +681,89 @@ def budget_differences(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def evaluate_seed(args: argparse.Namespace, index: int, items: Mapping[str, list], sites: Sequence[str],
+                  unseen: Sequence[str], device: torch.device) -> tuple[list[FedSMRun], list[MethodResult]]:
+    """The runs of the `index`-th seed: every FedSM run, and each method's test Dice."""
+    runs = [evaluate_fedsm(MAIN_NAME, Path(args.fedsm[index]), items, unseen, args.batch_size, args.cache_rate,
+                           device)]
+    for name, workspaces in variant_workspaces(args.fedsm_variant).items():
+        runs.append(evaluate_fedsm(f"FedSM[{name}]", Path(workspaces[index]), items, unseen, args.batch_size,
+                                   args.cache_rate, device))
+        if list(runs[-1].setup.labels) != list(sites):
+            raise ValueError(f"FedSM run {workspaces[index]} has sites {list(runs[-1].setup.labels)}, not {sites}")
+    methods: list[MethodResult] = []
+    if args.local:
+        methods.append(evaluate_local(Path(args.local[index]), items, sites, args.batch_size, args.cache_rate, device))
+    if args.fedavg:
+        methods.append(evaluate_fedavg(Path(args.fedavg[index]), items, args.batch_size, args.cache_rate, device))
+    if args.centralized:
+        methods.append(evaluate_centralized(Path(args.centralized[index]), items, args.batch_size, args.cache_rate,
+                                            device))
+    for run in runs:
+        methods += fedsm_methods(run, args.select_threshold, args.route_by_validation)
+    for method in methods:
+        method.pooled = pooled_mean({site: method.per_site[site] for site in sites})[1]
+    return runs, methods
+
+
+def mean_over_seeds(per_seed: Sequence[MethodResult], sites: Sequence[str]) -> MethodResult:
+    """One method over seeds: per test image the mean Dice over seeds (the same images in every seed),
+    so every site and pooled mean is the mean over seeds; config and source of the first seed."""
+    first = per_seed[0]
+    dice = {site: np.mean([method.dice[site] for method in per_seed], axis=0) for site in first.dice}
+    mean = dataclasses.replace(first, dice=dice)
+    mean.pooled = pooled_mean({site: mean.per_site[site] for site in sites})[1]
+    return mean
+
+
+def seed_stds(per_seed: Sequence[MethodResult], columns: Sequence[str]) -> dict[str, float]:
+    """`{column: standard deviation over seeds}` of one method's site and pooled Dice."""
+    return {column: mean_std([method_value(method, column) for method in per_seed])[1] for column in columns}
+
+
+def comparison_pairs(runs: Sequence[FedSMRun], names: Sequence[str]) -> list[tuple[str, str]]:
+    """The paired comparisons of the report, among the methods present: each super model against FedAvg,
+    centralized and its own global model; the validation-routed one against the super model and the
+    global model."""
+    pairs = []
+    for run in runs:
+        super_model, global_only = f"{run.name} super model", f"{run.name} global only"
+        routed = f"{run.name} {ROUTED_SUFFIX}"
+        pairs += [(super_model, "FedAvg"), (super_model, "centralized"), (super_model, global_only),
+                  (routed, super_model), (routed, global_only)]
+    return [(a, b) for a, b in pairs if a in names and b in names]
+
+
+def run_label(run: FedSMRun) -> str:
+    """The run's name with its selector-training mode, e.g. `FedSM (client_adam)`."""
+    mode = run.config.get("selector_training", "")
+    return run.name if not mode or mode in run.name else f"{run.name} ({mode})"
+
+
 def build_report(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    main_name = "FedSM"
-    fedsm_setup = load_run_setup(find_server_app(args.fedsm))
+    main_name = MAIN_NAME
+    fedsm_setup = load_run_setup(find_server_app(args.fedsm[0]))
     config = fedsm_setup.train_config
     base_dir = resolve_path(args.dataset_base_dir or config.dataset_base_dir, "dataset_base_dir")
     datalist_dir = resolve_path(args.datalist_json_path or config.datalist_json_path, "datalist_json_path")
     sites = list(fedsm_setup.labels)
     unseen = list(args.unseen) if args.unseen is not None else find_unseen(datalist_dir, sites)
     items = site_items(datalist_dir, base_dir, sites, unseen, args.unseen_splits)
-    logger.info("sites %s, unseen %s (%s), device %s", sites, unseen, "+".join(args.unseen_splits), device)
+    logger.info("sites %s, unseen %s (%s), device %s, %d seed(s)", sites, unseen, "+".join(args.unseen_splits),
+                device, len(args.fedsm))
 
-    runs = [evaluate_fedsm(main_name, Path(args.fedsm), items, unseen, args.batch_size, args.cache_rate, device)]
-    for variant in args.fedsm_variant:
-        name, _, workspace = variant.partition("=")
-        runs.append(evaluate_fedsm(f"FedSM[{name}]", Path(workspace), items, unseen, args.batch_size,
-                                   args.cache_rate, device))
-        if list(runs[-1].setup.labels) != sites:
-            raise ValueError(f"FedSM run {workspace} has sites {list(runs[-1].setup.labels)}, not {sites}")
-
-    methods: list[MethodResult] = []
-    if args.local:
-        methods.append(evaluate_local(Path(args.local), items, sites, args.batch_size, args.cache_rate, device))
-    if args.fedavg:
-        methods.append(evaluate_fedavg(Path(args.fedavg), items, args.batch_size, args.cache_rate, device))
-    if args.centralized:
-        methods.append(evaluate_centralized(Path(args.centralized), items, args.batch_size, args.cache_rate, device))
-    for run in runs:
-        methods += fedsm_methods(run, args.select_threshold, sites)
-    for method in methods:
-        method.pooled = pooled_mean({site: method.per_site[site] for site in sites})[1]
+    evaluated = [evaluate_seed(args, index, items, sites, unseen, device) for index in range(len(args.fedsm))]
+    runs = evaluated[0][0]  # routing, confusion, sweep and selector curves: the first seed's runs
+    per_seed = {seed_runs[0].name: list(seed_runs) for seed_runs in zip(*(methods for _, methods in evaluated))}
+    methods = [mean_over_seeds(results, sites) for results in per_seed.values()]
+    columns = [*sites, POOLED, *unseen]
+    stds = {name: seed_stds(results, columns) for name, results in per_seed.items()}
+    pooled_runs = {name: [m.pooled_dice(sites) for m in results] for name, results in per_seed.items()}
+    comparisons = [compare(a, b, pooled_runs[a], pooled_runs[b]) for a, b in comparison_pairs(runs, list(per_seed))]
+    by_pair = {(c.method, c.other): c for c in comparisons}
+    evidence_lines = [evidence(run_label(run), by_pair.get((f"{run.name} super model", "FedAvg")),
+                               by_pair.get((f"{run.name} super model", "centralized"))) for run in runs]
 
     main_run = runs[0]
     available = list(main_run.setup.labels.values())
@@ -608,11 +802,11 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
     verdict, closed = gap_verdict(local.pooled if local else math.nan, fedavg.pooled if fedavg else math.nan,
                                   centralized.pooled if centralized else math.nan, super_main.pooled, variants)
     noise = noise_note(fedavg.pooled if fedavg else math.nan, by_name[f"{main_name} global only"].pooled)
-    configs = {method.name: method.config for method in methods if "global only" not in method.name}
+    configs = {method.name: method.config for method in methods
+               if "global only" not in method.name and ROUTED_SUFFIX not in method.name}
     differences = budget_differences({name.replace(" super model", ""): c for name, c in configs.items()})
 
     output = Path(args.output).expanduser()
-    columns = [*sites, POOLED, *unseen]
     results = {
         "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
@@ -624,14 +818,29 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
         "test_split": TEST_SPLIT,
         "dataset_base_dir": str(base_dir),
         "datalist_json_path": str(datalist_dir),
+        "seeds": len(args.fedsm),
+        "evidence": evidence_lines,
         "verdict": verdict,
         "noise_note": noise,
         "gap_closed_fraction": None if not math.isfinite(closed) else closed,
         "budget_differences": differences,
         "methods": [{"name": m.name, "source": m.source, "note": m.note, "seed": m.config.get("seed"),
                      "config": m.config, "pooled_dice": none_if_nan(m.pooled),
-                     "sites": {site: {"images": n, "dice": none_if_nan(d)} for site, (n, d) in m.per_site.items()}}
+                     "sites": {site: {"images": n, "dice": none_if_nan(d)} for site, (n, d) in m.per_site.items()},
+                     "seed_runs": [{"seed": r.config.get("seed"), "source": r.source,
+                                    "pooled_dice": none_if_nan(r.pooled),
+                                    "sites": {site: none_if_nan(d) for site, (_, d) in r.per_site.items()}}
+                                   for r in per_seed[m.name]],
+                     "std_over_seeds": {c: none_if_nan(v) for c, v in stds[m.name].items()}}
                     for m in methods],
+        "paired_comparisons": [{k: none_if_nan(v) for k, v in dataclasses.asdict(c).items()} for c in comparisons],
+        "route_by_validation": None if args.route_by_validation is None else {
+            "margin": args.route_by_validation,
+            "runs": {run.name: {"validation_dice": {k: none_if_nan(v) for k, v in run.validation.items()},
+                                "personalized_sites": [client for client, label in run.setup.labels.items()
+                                                       if label in trusted_sites(run.validation, run.setup.labels,
+                                                                                 args.route_by_validation)]}
+                     for run in runs}},
         "threshold_sweep": [{k: none_if_nan(v) for k, v in row.items()} for row in sweep],
         "confusion_matrix": {"classes": class_names, "counts": confusion},
         "routing": {run: {site: {k: none_if_nan(v) for k, v in row.items()} for site, row in by_site.items()}
@@ -639,8 +848,8 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
         "selector_rounds": {run: {tag: {str(k): v for k, v in by_round.items()} for tag, by_round in tags.items()}
                             for run, tags in curves.items()},
     }
-    write_outputs(output, results, methods, columns, sites, unseen, sweep, confusion, routing, curves,
-                  class_names, args.select_threshold)
+    write_outputs(output, results, methods, per_seed, stds, columns, sites, unseen, sweep, confusion, routing,
+                  curves, class_names, args.select_threshold)
     return results
 
 
@@ -648,22 +857,35 @@ def none_if_nan(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_outputs(output: Path, results: dict[str, Any], methods: Sequence[MethodResult], columns: Sequence[str],
-                  sites: Sequence[str], unseen: Sequence[str], sweep: Sequence[dict], confusion: dict, routing: dict,
-                  curves: dict, class_names: Sequence[str], threshold: float) -> None:
+def write_outputs(output: Path, results: dict[str, Any], methods: Sequence[MethodResult],
+                  per_seed: Mapping[str, Sequence[MethodResult]], stds: Mapping[str, Mapping[str, float]],
+                  columns: Sequence[str], sites: Sequence[str], unseen: Sequence[str], sweep: Sequence[dict],
+                  confusion: dict, routing: dict, curves: dict, class_names: Sequence[str], threshold: float) -> None:
     output.mkdir(parents=True, exist_ok=True)
     main_run = next(iter(confusion))
     available = [str(label) for label in range(len(class_names))]
 
     # Dice table
     header = ["method", *(short(c) + (" (unseen)" if c in unseen else "") for c in columns)]
-    dice_rows = [[m.name, *(fmt(method_value(m, c)) for c in columns)] for m in methods]
+    seeds = results["seeds"]
+    dice_rows = [[m.name, *(fmt_mean_std(method_value(m, c), stds[m.name][c]) for c in columns)] for m in methods]
     dice_csv = [[m.name, c, (m.per_site.get(c, (sum(m.per_site[s][0] for s in sites), 0))[0]),
-                 fmt(method_value(m, c), 6), c in unseen, m.config.get("seed"), m.config.get("num_rounds"),
-                 m.config.get("local_epochs"), m.config.get("image_size"), m.note] for m in methods for c in columns]
+                 fmt(method_value(m, c), 6), c in unseen, index, m.config.get("seed"), m.config.get("num_rounds"),
+                 m.config.get("local_epochs"), m.config.get("image_size"), m.note]
+                for name, runs in per_seed.items() for index, m in enumerate(runs) for c in columns]
     write_text_atomic(output / "dice_table.csv", csv_text(
-        ["method", "site", "images", "test_dice", "unseen", "seed", "num_rounds", "local_epochs", "image_size",
-         "note"], dice_csv))
+        ["method", "site", "images", "test_dice", "unseen", "seed_run", "seed", "num_rounds", "local_epochs",
+         "image_size", "note"], dice_csv))
+    summary_csv = [[m.name, c, seeds, fmt(method_value(m, c), 6), fmt(stds[m.name][c], 6), c in unseen]
+                   for m in methods for c in columns]
+    write_text_atomic(output / "dice_summary.csv", csv_text(
+        ["method", "site", "seeds", "mean_test_dice", "std_over_seeds", "unseen"], summary_csv))
+    comparisons = results["paired_comparisons"]
+    comparison_csv = [[c["method"], c["other"], c["seeds"], *(fmt(c[key], 6) for key in COMPARISON_KEYS)]
+                      for c in comparisons]
+    write_text_atomic(output / "paired_comparisons.csv", csv_text(
+        ["method", "other", "seeds", "pooled_difference", "t95_low", "t95_high", "bootstrap95_low",
+         "bootstrap95_high"], comparison_csv))
     sweep_rows = [[row["run"], row["threshold"], row["site"], row["unseen"], row["images"], fmt(row["super_dice"], 6),
                    fmt(row["personalized_share"], 6)] for row in sweep]
     write_text_atomic(output / "threshold_sweep.csv", csv_text(
@@ -700,11 +922,33 @@ def write_outputs(output: Path, results: dict[str, Any], methods: Sequence[Metho
           f"{', '.join(short(s) for s in sites)}"
           + (f"; unseen site(s) {', '.join(short(u) for u in unseen)} (splits: {', '.join(results['unseen_splits'])}; "
              f"no part in training)" if unseen else "") + f", from `{results['datalist_json_path']}`.", "",
-          f"**{results['verdict']}**", "", *([results["noise_note"], ""] if results["noise_note"] else []),
+          *(f"**{line}**" for line in results["evidence"]), "",
+          f"{results['verdict']}", "", *([results["noise_note"], ""] if results["noise_note"] else []),
           "## Test Dice per site", "",
           f"Mean foreground Dice over test images; *pooled* = all test images of the training sites. "
-          f"Super model: selector threshold {threshold:g}.", "",
+          f"Super model: selector threshold {threshold:g}."
+          + (f" Mean ± standard deviation over {seeds} seeds (`train.seed`: initialization and data order; "
+             f"same data split)." if seeds > 1 else " One seed."), "",
           markdown_table(header, dice_rows), ""]
+    if results["route_by_validation"]:
+        routed = results["route_by_validation"]
+        md += [f"*routed by validation* (beyond the paper): a site's personalized model is used only where its "
+               f"best checkpoint's validation Dice beats the best global model's by more than "
+               f"{routed['margin']:g}; images the selector sends elsewhere go to the global model. "
+               + ("First seed: " if seeds > 1 else "")
+               + "; ".join(routing_sentence(run, row) for run, row in routed["runs"].items()) + ".", ""]
+    if comparisons:
+        md += ["## Paired comparisons (pooled test Dice)", "",
+               "Difference of the pooled test Dice, same seed and same test images; 95% intervals: Student's t "
+               "over the per-seed differences (needs two or more seeds), and a bootstrap over test images of the "
+               "seed-mean per-image difference (image sampling noise only).", "",
+               markdown_table(["method", "minus", "seeds", "difference", "95% t-interval (seeds)",
+                               "95% bootstrap (images)"],
+                              [[c["method"], c["other"], str(c["seeds"]), fmt_signed(c["difference"]),
+                                interval(c["t_low"], c["t_high"]), interval(c["bootstrap_low"], c["bootstrap_high"])]
+                               for c in comparisons]), ""]
+    if seeds > 1:
+        md += ["The sections below show the first seed's runs.", ""]
     if results["budget_differences"]:
         md += ["**Warning: the runs differ in budget or data settings:**", "",
                *(f"- {line}" for line in results["budget_differences"]), ""]
@@ -758,9 +1002,14 @@ def write_outputs(output: Path, results: dict[str, Any], methods: Sequence[Metho
         if m["name"].endswith("global only"):
             continue
         config = {k: v for k, v in m["config"].items() if k not in ("dataset_base_dir", "datalist_json_path")}
-        md += [f"- **{m['name'].replace(' super model', '')}** (seed {m['seed']}): `{m['source']}`"
+        if ROUTED_SUFFIX in m["name"]:
+            continue
+        seeds_of = ", ".join(str(r["seed"]) for r in m["seed_runs"])
+        sources = "`, `".join(r["source"] for r in m["seed_runs"])
+        md += [f"- **{m['name'].replace(' super model', '')}** (seed {seeds_of}): `{sources}`"
                + (f"; {m['note']}" if m["note"] else ""), f"  `{json.dumps(config, sort_keys=True)}`"]
-    md += ["", "Files: `dice_table.csv`, `threshold_sweep.csv`, `confusion_matrix.csv`, `routing.csv`, "
+    md += ["", "Files: `dice_table.csv` (per seed), `dice_summary.csv`, `paired_comparisons.csv`, "
+           "`threshold_sweep.csv`, `confusion_matrix.csv`, `routing.csv`, "
            "`selector_rounds.csv`, `results.json`; plots `dice_per_site.png`, `threshold_curve.png`, "
            "`confusion_matrix.png`" + (", `selector_accuracy.png`" if any(curves.values()) else "") + ".", ""]
     write_text_atomic(output / "report.md", "\n".join(md))
@@ -771,12 +1020,21 @@ def write_outputs(output: Path, results: dict[str, Any], methods: Sequence[Metho
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fedsm", required=True, help="FedSM run: simulator workspace or server app folder")
+    parser.add_argument("--fedsm", required=True, nargs="+", metavar="WORKSPACE",
+                        help="FedSM run: simulator workspace or server app folder; one per seed")
     parser.add_argument("--fedsm-variant", action="append", default=[], metavar="NAME=WORKSPACE",
-                        help="another FedSM run to compare (e.g. server_adam=/tmp/ws_server_adam); repeatable")
-    parser.add_argument("--fedavg", default=None, help="FedAvg run (jobs/fedavg_prostate): simulator workspace")
-    parser.add_argument("--centralized", default=None, help="output folder of `result_stat.baselines centralized`")
-    parser.add_argument("--local", default=None, help="output folder of `result_stat.baselines local`")
+                        help="another FedSM run to compare (e.g. server_adam=/tmp/ws_server_adam); repeatable, "
+                             "once per seed for the same NAME (in --fedsm's seed order)")
+    parser.add_argument("--fedavg", default=None, nargs="+", metavar="WORKSPACE",
+                        help="FedAvg run (jobs/fedavg_prostate): simulator workspace; one per seed")
+    parser.add_argument("--centralized", default=None, nargs="+", metavar="DIR",
+                        help="output folder of `result_stat.baselines centralized`; one per seed")
+    parser.add_argument("--local", default=None, nargs="+", metavar="DIR",
+                        help="output folder of `result_stat.baselines local`; one per seed")
+    parser.add_argument("--route_by_validation", type=float, default=None, metavar="MARGIN",
+                        help="beyond the paper: add, per FedSM run, the super model that uses a site's personalized "
+                             "model only where its validation Dice beats the global model's by more than MARGIN "
+                             "(as `prostate_2d_test_only --route_by_validation`)")
     parser.add_argument("--output", required=True, help="report folder")
     parser.add_argument("--select_threshold", type=float, default=DEFAULT_THRESHOLD,
                         help=f"selector threshold of the super model (default {DEFAULT_THRESHOLD})")
@@ -798,7 +1056,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for variant in args.fedsm_variant:
         if "=" not in variant:
             parser.error(f"--fedsm-variant takes NAME=WORKSPACE, got '{variant}'")
+    seeds = len(args.fedsm)
+    given = {"--fedavg": args.fedavg, "--centralized": args.centralized, "--local": args.local,
+             **{f"--fedsm-variant {name}": runs for name, runs in variant_workspaces(args.fedsm_variant).items()}}
+    for option, runs in given.items():
+        if runs is not None and len(runs) != seeds:
+            parser.error(f"{option} has {len(runs)} run(s), --fedsm {seeds}: give one per seed, in the same order")
     return args
+
+
+def variant_workspaces(variants: Sequence[str]) -> dict[str, list[str]]:
+    """`{NAME: [workspace per seed]}` from `--fedsm-variant NAME=WORKSPACE` options, in their order."""
+    workspaces: dict[str, list[str]] = {}
+    for variant in variants:
+        name, _, workspace = variant.partition("=")
+        workspaces.setdefault(name, []).append(workspace)
+    return workspaces
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

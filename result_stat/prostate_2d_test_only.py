@@ -17,6 +17,14 @@ client left the run before its first validation) is warned about, and images rou
 to the global model. Segmentation: sigmoid, threshold 0.5; metric:
 foreground Dice per image, averaged over images.
 
+Beyond the paper, `--route_by_validation MARGIN` (off by default) keeps a site's personalized model
+only where the run's own validation says it beats the global model by more than MARGIN Dice: the
+`metric` of `best_personalized_model_<client>.pt` (that site's validation Dice) against that of
+`best_global_model.pt` (the global model's validation Dice, averaged over the sites weighted by
+their validation sizes). Images the selector sends to any other site go to the global model. These
+records lie in the server app folder in every deployment mode; the clients' TensorBoard events stay
+on each site's machine in a provisioned deployment. No test image takes part in the decision.
+
 The sites, their selector labels and the model architectures come from the run's own saved config
 (`config/config_fed_server.json` and `config/config_train.json` in the server app folder). Prints a
 per-site table and, as its very last line, `Test Dice: 0.xxxx` (the pooled super-model mean Dice).
@@ -111,6 +119,14 @@ def choose_routes(probabilities: np.ndarray, threshold: float, available: Sequen
     routes = route_by_confidence(probabilities, threshold)
     routes[(routes != GLOBAL_MODEL) & ~np.isin(routes, list(available))] = GLOBAL_MODEL
     return routes
+
+
+def trusted_sites(validation: Mapping[str, float], labels: Mapping[str, int], margin: float) -> list[int]:
+    """Labels of the sites whose personalized model's validation Dice (`validation[client]`) beats the
+    global model's (`validation["global"]`) by more than `margin`; a missing or NaN metric never does."""
+    reference = validation.get("global", math.nan)
+    return [label for client, label in labels.items()
+            if validation.get(client, math.nan) - reference > margin]  # NaN compares False
 
 
 @torch.no_grad()
@@ -282,6 +298,13 @@ class BestModels:
     selector: nn.Module
     global_model: nn.Module
     personalized: dict[int, nn.Module]  # selector label -> that site's personalized model
+    validation: dict[str, float]  # "global" and client name -> the checkpoint's validation metric
+
+    def routed_by_validation(self, labels: Mapping[str, int], margin: float) -> "BestModels":
+        """These models with only the personalized models of `trusted_sites` left."""
+        trusted = trusted_sites(self.validation, labels, margin)
+        return dataclasses.replace(self, personalized={label: model for label, model in self.personalized.items()
+                                                       if label in trusted})
 
 
 def load_best_models(setup: RunSetup, device: torch.device) -> BestModels:
@@ -298,18 +321,21 @@ def load_best_models(setup: RunSetup, device: torch.device) -> BestModels:
         "selector": build_selector(config.selector, config.select_num_classes),
         **{client: build_unet() for client in setup.labels if client not in without},
     }
+    validation = {}
     for key, model in models.items():
         if key == "selector":
             description = f"'{config.selector}' selector with {config.select_num_classes} classes"
         else:
             description = "segmentation UNet"
         info = load_weights_into(model, files[key], description)
+        validation[key] = float(info["metric"]) if isinstance(info["metric"], (int, float)) else math.nan
         logger.info("loaded %s (metric %s, round %s)", files[key].name, info["metric"], info["round"])
         model.to(device).eval()
     return BestModels(
         selector=models["selector"],
         global_model=models["global"],
         personalized={label: models[client] for client, label in setup.labels.items() if client in models},
+        validation={key: value for key, value in validation.items() if key != "selector"},
     )
 
 
@@ -390,6 +416,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--select_threshold", type=float, default=DEFAULT_THRESHOLD,
                         help="use a site's personalized model when the selector's top probability exceeds this "
                              f"(default {DEFAULT_THRESHOLD}; 1.0 = global model only)")
+    parser.add_argument("--route_by_validation", type=float, default=None, metavar="MARGIN",
+                        help="beyond the paper: use a site's personalized model only where its validation Dice "
+                             "(best checkpoint) beats the global model's by more than MARGIN; else the global "
+                             "model (default: off, as published)")
     parser.add_argument("--cache_rate", type=float, default=0.0, help="share of test images cached in memory (default 0)")
     parser.add_argument("--batch_size", type=int, default=None,
                         help="inference batch size (default: batch_size of the run's config; results do not depend on it)")
@@ -416,6 +446,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     logger.info("models: %s; sites (label): %s; device %s", models_dir,
                 ", ".join(f"{client} ({label})" for client, label in setup.labels.items()), device)
     models = load_best_models(setup, device)
+    if args.route_by_validation is not None:
+        models = models.routed_by_validation(setup.labels, args.route_by_validation)
+        kept = [client for client, label in setup.labels.items() if label in models.personalized]
+        logger.info("routing by validation (margin %g): personalized models of %s; validation Dice %s",
+                    args.route_by_validation, kept or "no site", models.validation)
     image_sets = load_test_sets(datalist_path, base_dir, setup.labels)
 
     per_set: dict[str, ImageResults] = {}
@@ -429,13 +464,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if pooled.images == 0:
         raise DataError(f"no {TEST_SPLIT} images in the datalist(s) at {datalist_path}")
 
-    print(f"FedSM super model, select_threshold {args.select_threshold:g}, models from {models_dir}")
+    routing = "" if args.route_by_validation is None else f", routed by validation (margin {args.route_by_validation:g})"
+    print(f"FedSM super model, select_threshold {args.select_threshold:g}{routing}, models from {models_dir}")
     print(format_table(rows, pooled))
     results = {
         "models_dir": str(models_dir),
         "dataset_base_dir": str(base_dir),
         "datalist_json_path": str(datalist_path),
         "select_threshold": args.select_threshold,
+        "route_by_validation": None if args.route_by_validation is None else {
+            "margin": args.route_by_validation, "validation_dice": models.validation,
+            "personalized_sites": [client for client, label in setup.labels.items() if label in models.personalized]},
         "sites": {row.site: row.as_json() for row in rows},
         "pooled": pooled.as_json(),
         "test_dice": pooled.super_dice,

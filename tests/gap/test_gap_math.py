@@ -11,7 +11,7 @@ from torch import nn
 from fedsm.core.super_model import GLOBAL_MODEL
 from result_stat import gap_report
 from result_stat.baselines import num_rounds_of
-from result_stat.prostate_2d_test_only import ImageResults, evaluate_batch
+from result_stat.prostate_2d_test_only import ImageResults, evaluate_batch, trusted_sites
 
 
 class FixedLogits(nn.Module):
@@ -144,3 +144,94 @@ def test_num_rounds_from_a_variable_or_the_workflow():
     assert num_rounds_of({"n": 4, "workflows": [{"args": {"num_rounds": "{n}"}}]}, "x") == 4
     with pytest.raises(ValueError, match="num_rounds"):
         num_rounds_of({"workflows": []}, "cfg.json")
+
+
+def test_mean_std_over_seeds_and_the_t_interval():
+    assert gap_report.mean_std([0.5, 0.7, 0.9]) == (pytest.approx(0.7), pytest.approx(0.2))
+    mean, std = gap_report.mean_std([0.5])
+    assert mean == 0.5 and math.isnan(std)
+    low, high = gap_report.t_interval([1.0, 2.0, 3.0])  # mean 2, std 1, t(2) = 4.303
+    assert (low, high) == (pytest.approx(2 - 4.303 / math.sqrt(3)), pytest.approx(2 + 4.303 / math.sqrt(3)))
+    assert all(math.isnan(v) for v in gap_report.t_interval([1.0]))
+    assert gap_report.t_quantile_975(1) == 12.706 and gap_report.t_quantile_975(30) == 2.042
+    assert gap_report.t_quantile_975(60) == pytest.approx(2.000, abs=0.003)  # table value 2.000
+    assert gap_report.t_quantile_975(120) == pytest.approx(1.980, abs=0.003)
+
+
+def test_bootstrap_interval_resamples_test_images_of_the_seed_mean_difference():
+    assert gap_report.bootstrap_interval(np.full((2, 30), 0.25)) == (pytest.approx(0.25), pytest.approx(0.25))
+    rng = np.random.default_rng(1)
+    few, many = rng.normal(0.1, 0.2, (1, 20)), rng.normal(0.1, 0.2, (1, 2000))
+    low, high = gap_report.bootstrap_interval(few)
+    assert low < few.mean() < high
+    assert gap_report.bootstrap_interval(few) == (low, high)  # fixed resampling seed
+    low_many, high_many = gap_report.bootstrap_interval(many)
+    assert high_many - low_many < (high - low) / 4
+    # opposite seed effects cancel per image: the interval is about the seed-mean difference
+    assert gap_report.bootstrap_interval(np.array([[1.0] * 5, [-1.0] * 5])) == (0.0, 0.0)
+
+
+def test_compare_pairs_seed_i_with_seed_i():
+    images = np.linspace(0.5, 0.9, 10)
+    seed_offsets = [0.0, 0.1, -0.05]  # run-to-run noise that both methods share within a seed
+    fedavg = [images + offset for offset in seed_offsets]
+    fedsm = [images + offset + 0.02 for offset in seed_offsets]
+    result = gap_report.compare("FedSM super model", "FedAvg", fedsm, fedavg)
+    assert (result.method, result.other, result.seeds) == ("FedSM super model", "FedAvg", 3)
+    assert result.difference == pytest.approx(0.02)
+    assert result.t_low == pytest.approx(0.02) and result.t_high == pytest.approx(0.02)
+    assert result.bootstrap_low == pytest.approx(0.02) and result.bootstrap_high == pytest.approx(0.02)
+    assert gap_report.seed_noise(result) == "beyond seed noise over 3 seeds"
+    shuffled = gap_report.compare("a", "b", fedsm, fedavg[::-1])  # pairing across seeds: noise shows
+    assert shuffled.t_high - shuffled.t_low > 0.1
+
+
+def _comparison(difference, half_width, seeds=3):
+    return gap_report.Comparison("x", "y", seeds, difference, difference - half_width, difference + half_width,
+                                 difference - half_width, difference + half_width)
+
+
+@pytest.mark.parametrize("vs_fedavg, vs_centralized, words", [
+    (_comparison(0.05, 0.01), _comparison(-0.001, 0.01), "FedSM closes the gap"),
+    (_comparison(0.03, 0.01), _comparison(-0.02, 0.01), "narrows the gap (60% of it) beyond seed noise but stays"),
+    (_comparison(0.01, 0.02), _comparison(-0.04, 0.01), "does not close the gap beyond seed noise"),
+    (_comparison(-0.03, 0.01), _comparison(-0.08, 0.01), "is worse than FedAvg beyond seed noise"),
+    (_comparison(0.03, math.nan, 1), _comparison(-0.02, math.nan, 1), "partly closed (60% of it) with one seed"),
+    (_comparison(0.01, 0.01), _comparison(0.02, 0.01), "no gap to close on these data"),
+])
+def test_evidence_says_whether_fedsm_closes_the_gap_beyond_seed_noise(vs_fedavg, vs_centralized, words):
+    text = gap_report.evidence("FedSM (client_adam)", vs_fedavg, vs_centralized)
+    assert text.startswith("FedSM (client_adam): ") and words in text
+    assert f"super model - FedAvg {vs_fedavg.difference:+.4f}" in text
+    assert "cannot be assessed" in gap_report.evidence("FedSM", None, vs_centralized)
+
+
+def test_seed_mean_method_and_stds_come_from_the_per_image_dice():
+    runs = [gap_report.MethodResult("m", {"a": np.array([0.2, 0.4]), "b": np.array([0.9])}, {}, "s"),
+            gap_report.MethodResult("m", {"a": np.array([0.4, 0.6]), "b": np.array([0.6])}, {}, "s")]
+    for run in runs:
+        run.pooled = gap_report.pooled_mean({site: run.per_site[site] for site in ("a", "b")})[1]
+    mean = gap_report.mean_over_seeds(runs, ["a", "b"])
+    assert mean.per_site == {"a": (2, pytest.approx(0.4)), "b": (1, pytest.approx(0.75))}
+    assert mean.pooled == pytest.approx(np.mean([run.pooled for run in runs]))
+    stds = gap_report.seed_stds(runs, ["a", "b", gap_report.POOLED])
+    assert stds["a"] == pytest.approx(np.std([0.3, 0.5], ddof=1)) and stds["b"] == pytest.approx(np.std([0.9, 0.6], ddof=1))
+    assert gap_report.fmt_mean_std(0.4, 0.1) == "0.4000 ± 0.1000" and gap_report.fmt_mean_std(0.4, math.nan) == "0.4000"
+
+
+def test_seeds_are_given_as_one_run_per_method_and_seed():
+    args = gap_report.parse_args(["--fedsm", "s0", "s1", "--fedavg", "f0", "f1", "--fedsm-variant", "v=v0",
+                                  "--fedsm-variant", "v=v1", "--output", "out", "--route_by_validation", "0.01"])
+    assert args.fedsm == ["s0", "s1"] and args.route_by_validation == 0.01
+    assert gap_report.variant_workspaces(args.fedsm_variant) == {"v": ["v0", "v1"]}
+    for wrong in (["--fedavg", "f0"], ["--fedsm-variant", "v=v0"]):
+        with pytest.raises(SystemExit):
+            gap_report.parse_args(["--fedsm", "s0", "s1", *wrong, "--output", "out"])
+
+
+def test_trusted_sites_are_those_whose_validation_beats_the_global_model_by_the_margin():
+    labels = {"client_a": 0, "client_b": 1, "client_c": 2, "client_d": 3}
+    validation = {"global": 0.80, "client_a": 0.86, "client_b": 0.82, "client_c": math.nan}
+    assert trusted_sites(validation, labels, 0.0) == [0, 1]
+    assert trusted_sites(validation, labels, 0.03) == [0]
+    assert trusted_sites({**validation, "global": math.nan}, labels, 0.0) == []
