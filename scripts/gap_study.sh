@@ -5,11 +5,15 @@
 #
 #   bash scripts/gap_study.sh          # CPU preset: synthetic data, 50 rounds, 96x96, light selector (~20 min on 2 cores)
 #   bash scripts/gap_study.sh gpu      # full preset: 100 rounds, 256x256, VGG11 selector (one GPU)
+#   bash scripts/gap_study.sh --seeds 3 [cpu|gpu]   # every method with train.seed 0, 1, 2 (3x the time)
 #
 # Steps: synthetic 3-site data with the unseen site UNSEEN; FedSM in the NVFlare simulator (selector
 # training client_adam, as published), and once more per variant in GAP_VARIANTS (default
 # server_adam); the FedAvg job (jobs/fedavg_prostate) with the FedSM job's config_train.json;
-# centralized and local-only training (result_stat.baselines); result_stat.gap_report.
+# centralized and local-only training (result_stat.baselines); result_stat.gap_report, whose extra row
+# "routed by validation" uses a site's personalized model only where validation trusts it.
+# With --seeds N every method runs N times with train.seed 0..N-1 (initialization and data order; the
+# data split stays): seed 0 in $GAP_STUDY_DIR as with one seed, seed s in $GAP_STUDY_DIR/seed_s.
 #
 # Environment:
 #   GAP_STUDY_DIR  output folder (default /tmp/nvflare/gap_study); the report lands in $GAP_STUDY_DIR/report
@@ -19,9 +23,21 @@
 #   GAP_ROUNDS     number of rounds (default: 50 cpu, 100 gpu)
 #   GAP_VARIANTS   extra FedSM runs by selector_training, space separated (default "server_adam"; "" for none)
 #   GAP_CASES      synthetic cases per site (default: 8 cpu, 16 gpu)
+#   GAP_SEEDS      number of seeds (default 1; --seeds N overrides)
+#   GAP_ROUTE_MARGIN  validation Dice margin of the "routed by validation" row (default 0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-preset="${1:-cpu}"
+seeds="${GAP_SEEDS:-1}"
+preset=cpu
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seeds) seeds="${2:?--seeds takes a number}"; shift 2 ;;
+    --seeds=*) seeds="${1#--seeds=}"; shift ;;
+    *) preset="$1"; shift ;;
+  esac
+done
+case "$seeds" in ''|*[!0-9]*|0) echo "--seeds must be a positive integer, got '$seeds'" >&2; exit 2 ;; esac
+margin="${GAP_ROUTE_MARGIN:-0}"
 python="${FEDSM_VENV:-.venv}/bin/python"
 nvflare="${FEDSM_VENV:-.venv}/bin/nvflare"
 out="${GAP_STUDY_DIR:-/tmp/nvflare/gap_study}"
@@ -33,7 +49,7 @@ case "$preset" in
        train=(--set train.image_size=96 --set train.selector=light --set train.cache_dataset=1.0) ;;
   gpu) rounds="${GAP_ROUNDS:-100}"; cases="${GAP_CASES:-16}"
        train=(--set train.image_size=256 --set train.selector=vgg11 --set train.cache_dataset=1.0) ;;
-  *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--seeds N] [cpu|gpu]" >&2; exit 2 ;;
 esac
 [ -x "$python" ] || bash scripts/setup.sh
 mkdir -p "$out"
@@ -50,36 +66,45 @@ fi
 common=(--set "train.dataset_base_dir=$data/dataset_2D" --set "train.datalist_json_path=$data/datalist_2D"
         --set "server.num_rounds=$rounds" "${train[@]}")
 
-simulate() {  # simulate JOB WORKSPACE NAME
+simulate() {  # simulate JOB WORKSPACE LOG
   rm -rf "$2"
-  "$nvflare" simulator "$1" -w "$2" -c "$clients" -t 3 > "$out/$3.log" 2>&1 \
-    || { echo "[gap_study] $3 failed; see $out/$3.log" >&2; exit 1; }
+  "$nvflare" simulator "$1" -w "$2" -c "$clients" -t 3 > "$3" 2>&1 \
+    || { echo "[gap_study] $(basename "$3" .log) failed; see $3" >&2; exit 1; }
 }
 
-step "FedSM (selector_training client_adam), $rounds rounds, preset $preset"
-"$python" -m fedsm.job_config jobs/fedsm_prostate "$out/jobs/fedsm" "${common[@]}" >/dev/null
-simulate "$out/jobs/fedsm" "$out/ws/fedsm" fedsm
-variant_args=()
-for variant in $variants; do
-  step "FedSM (selector_training $variant)"
-  "$python" -m fedsm.job_config jobs/fedsm_prostate "$out/jobs/fedsm_$variant" "${common[@]}" \
-    --set "train.selector_training=$variant" >/dev/null
-  simulate "$out/jobs/fedsm_$variant" "$out/ws/fedsm_$variant" "fedsm_$variant"
-  variant_args+=(--fedsm-variant "$variant=$out/ws/fedsm_$variant")
+run_seed() {  # run_seed SEED FOLDER: every method with train.seed SEED, into FOLDER
+  local seed=$1 dir=$2 variant
+  mkdir -p "$dir"
+  step "seed $seed: FedSM (selector_training client_adam), $rounds rounds, preset $preset"
+  "$python" -m fedsm.job_config jobs/fedsm_prostate "$dir/jobs/fedsm" "${common[@]}" --set "train.seed=$seed" >/dev/null
+  simulate "$dir/jobs/fedsm" "$dir/ws/fedsm" "$dir/fedsm.log"
+  for variant in $variants; do
+    step "seed $seed: FedSM (selector_training $variant)"
+    "$python" -m fedsm.job_config jobs/fedsm_prostate "$dir/jobs/fedsm_$variant" "${common[@]}" \
+      --set "train.seed=$seed" --set "train.selector_training=$variant" >/dev/null
+    simulate "$dir/jobs/fedsm_$variant" "$dir/ws/fedsm_$variant" "$dir/fedsm_$variant.log"
+  done
+  step "seed $seed: FedAvg (jobs/fedavg_prostate, the FedSM job's config_train.json)"
+  "$python" -m result_stat.fedavg_job jobs/fedavg_prostate "$dir/jobs/fedavg" \
+    --train-config-from "$dir/jobs/fedsm/app/config/config_train.json" --set "server.num_rounds=$rounds" >/dev/null
+  simulate "$dir/jobs/fedavg" "$dir/ws/fedavg" "$dir/fedavg.log"
+  step "seed $seed: centralized (pooled data of all sites)"
+  "$python" -m result_stat.baselines centralized --job "$dir/jobs/fedsm" --output "$dir/centralized" \
+    > "$dir/centralized.log" 2>&1
+  step "seed $seed: local only (one model per site)"
+  "$python" -m result_stat.baselines local --job "$dir/jobs/fedsm" --output "$dir/local" > "$dir/local.log" 2>&1
+}
+
+fedsm=(); fedavg=(); centralized=(); local_runs=(); variant_args=()
+for seed in $(seq 0 $((seeds - 1))); do
+  dir="$out"; [ "$seed" -eq 0 ] || dir="$out/seed_$seed"
+  run_seed "$seed" "$dir"
+  fedsm+=("$dir/ws/fedsm"); fedavg+=("$dir/ws/fedavg"); centralized+=("$dir/centralized"); local_runs+=("$dir/local")
+  for variant in $variants; do variant_args+=(--fedsm-variant "$variant=$dir/ws/fedsm_$variant"); done
 done
 
-step "FedAvg (jobs/fedavg_prostate, the FedSM job's config_train.json)"
-"$python" -m result_stat.fedavg_job jobs/fedavg_prostate "$out/jobs/fedavg" \
-  --train-config-from "$out/jobs/fedsm/app/config/config_train.json" --set "server.num_rounds=$rounds" >/dev/null
-simulate "$out/jobs/fedavg" "$out/ws/fedavg" fedavg
-
-step "centralized (pooled data of all sites)"
-"$python" -m result_stat.baselines centralized --job "$out/jobs/fedsm" --output "$out/centralized" \
-  > "$out/centralized.log" 2>&1
-step "local only (one model per site)"
-"$python" -m result_stat.baselines local --job "$out/jobs/fedsm" --output "$out/local" > "$out/local.log" 2>&1
-
-step "report"
-"$python" -m result_stat.gap_report --fedsm "$out/ws/fedsm" "${variant_args[@]}" --fedavg "$out/ws/fedavg" \
-  --centralized "$out/centralized" --local "$out/local" --output "$out/report" 2> "$out/report.log"
+step "report ($seeds seed(s))"
+"$python" -m result_stat.gap_report --fedsm "${fedsm[@]}" "${variant_args[@]}" --fedavg "${fedavg[@]}" \
+  --centralized "${centralized[@]}" --local "${local_runs[@]}" --route_by_validation "$margin" \
+  --output "$out/report" 2> "$out/report.log"
 step "done: $out/report/report.md"
