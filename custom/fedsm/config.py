@@ -21,6 +21,7 @@ class TrainConfig:
     local_epochs: int = 1
     selector_local_epochs: int = 1
     batch_size: int = 1
+    selector_batch_size: int = 16
     image_size: int = 256
     selector: str = "vgg11"
     selector_training: str = "client_adam"
@@ -60,7 +61,7 @@ class TrainConfig:
 
     def _check_ranges(self, source: str) -> None:
         positive = ("learning_rate", "learning_rate_select", "local_epochs", "selector_local_epochs",
-                    "batch_size", "image_size", "select_num_classes")
+                    "batch_size", "selector_batch_size", "image_size", "select_num_classes")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{source}: '{name}' must be > 0, got {getattr(self, name)}")

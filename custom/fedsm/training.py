@@ -6,7 +6,7 @@ import torch
 from monai.losses import DiceLoss
 from torch import nn
 
-from .core.dice import binarize, dice_per_image
+from .core.dice import binarize, dice_per_image, mean_dice
 
 
 def _batches(loader: Iterable, device: torch.device):
@@ -73,10 +73,10 @@ def train_selector_full_batch(
 
 @torch.no_grad()
 def validate_segmentation(model: nn.Module, loader: Iterable, device: torch.device) -> float:
-    """Mean foreground Dice over the images of `loader`."""
+    """Mean foreground Dice over the images of `loader` (images with an empty mask have none)."""
     model.eval()
     scores = [dice_per_image(binarize(model(images)), labels) for images, labels in _batches(loader, device)]
-    return torch.cat(scores).mean().item() if scores else float("nan")
+    return mean_dice(torch.cat(scores)) if scores else float("nan")
 
 
 @torch.no_grad()

@@ -51,6 +51,19 @@ def slice_transforms(image_size: int) -> Compose:
     )
 
 
+def make_dataset(items: list[dict[str, str]], image_size: int, cache_rate: float = 0.0,
+                 num_workers: int = 0) -> CacheDataset:
+    """The transformed slices of the datalist `items`; `cache_rate` of them are transformed once and kept."""
+    return CacheDataset(items, transform=slice_transforms(image_size), cache_rate=cache_rate,
+                        num_workers=num_workers or None, progress=False)
+
+
+def batches(dataset: CacheDataset, batch_size: int, shuffle: bool, num_workers: int = 0, seed: int = 0) -> DataLoader:
+    """A loader of `{"image", "label"}` batches over `dataset` (several loaders may share one dataset)."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator)
+
+
 def make_loader(
     items: list[dict[str, str]],
     image_size: int,
@@ -61,9 +74,4 @@ def make_loader(
     seed: int = 0,
 ) -> DataLoader:
     """A loader of `{"image", "label"}` batches over the datalist `items`."""
-    dataset = CacheDataset(
-        items, transform=slice_transforms(image_size), cache_rate=cache_rate, num_workers=num_workers or None,
-        progress=False,
-    )
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=generator)
+    return batches(make_dataset(items, image_size, cache_rate, num_workers), batch_size, shuffle, num_workers, seed)

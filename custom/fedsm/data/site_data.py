@@ -7,14 +7,20 @@ from monai.data import DataLoader
 
 from ..config import TrainConfig, resolve_path
 from .datalist import check_images_readable, datalist_file, load_datalist
-from .loading import make_loader
+from .loading import batches, make_dataset
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class SiteData:
+    """`train_loader`: shuffled batches of `batch_size` for the UNets; `selector_loader`: the same
+    training slices in batches of `selector_batch_size` for the selector's full-batch gradient (a sum
+    over images, so the batch size does not change it); `val_loader`: validation slices in batches of
+    `selector_batch_size` (validation needs no gradient, so larger batches only save time)."""
+
     train_loader: DataLoader
+    selector_loader: DataLoader
     val_loader: DataLoader
     num_training: int
     num_validation: int
@@ -36,11 +42,13 @@ def load_site_data(config: TrainConfig, client_name: str) -> SiteData:
             raise ValueError(f"{path}: the '{split}' split is empty")
         for warning in check_images_readable(datalist[split], f"{path} '{split}'"):
             logger.warning(warning)
-    loader_args = dict(image_size=config.image_size, batch_size=config.batch_size, cache_rate=config.cache_dataset,
-                       num_workers=config.num_workers, seed=config.seed)
+    training, validation = (make_dataset(datalist[split], config.image_size, config.cache_dataset, config.num_workers)
+                            for split in ("training", "validation"))
+    workers, seed = config.num_workers, config.seed
     return SiteData(
-        train_loader=make_loader(datalist["training"], shuffle=True, **loader_args),
-        val_loader=make_loader(datalist["validation"], shuffle=False, **loader_args),
+        train_loader=batches(training, config.batch_size, True, workers, seed),
+        selector_loader=batches(training, config.selector_batch_size, False, workers, seed),
+        val_loader=batches(validation, config.selector_batch_size, False, workers, seed),
         num_training=len(datalist["training"]),
         num_validation=len(datalist["validation"]),
     )

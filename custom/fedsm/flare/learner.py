@@ -64,7 +64,8 @@ class FedSMLearner(Executor):
         self.mode = selector_training(self.config.selector_training)
         torch.manual_seed(self.config.seed)
         data = load_site_data(self.config, self.client_name)
-        self.train_loader, self.val_loader = data.train_loader, data.val_loader
+        self.train_loader, self.selector_loader, self.val_loader = data.train_loader, data.selector_loader, \
+            data.val_loader
         self.num_validation = data.num_validation
         self.device = choose_device()
         self.models = {kind: model.to(self.device) for kind, model in build_models(self.config.as_dict()).items()}
@@ -151,7 +152,7 @@ class FedSMLearner(Executor):
                                                   self.train_loader, epochs, self.device)
         moments, task.selector_moments = task.selector_moments, None
         selector_upload, loss_selector = self.mode.client_step(
-            self.models["selector"], self.optimizers["selector"], self.train_loader, task.label,
+            self.models["selector"], self.optimizers["selector"], self.selector_loader, task.label,
             self.config.selector_local_epochs, self.device, task.selector, moments)
         del moments
         task.selector = None
