@@ -30,6 +30,7 @@ class TrainConfig:
     num_workers: int = 0
     torch_threads: int = 0
     seed: int = 0
+    client_state_dir: str = ""  # client optimizers and best metric, "" = the app folder; see README "Resuming"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config_train.json") -> "TrainConfig":
