@@ -75,7 +75,7 @@ simulate() {  # simulate JOB WORKSPACE LOG
 run_seed() {  # run_seed SEED FOLDER: every method with train.seed SEED, into FOLDER
   local seed=$1 dir=$2 variant
   mkdir -p "$dir"
-  step "seed $seed: FedSM (selector_training client_adam), $rounds rounds, preset $preset"
+  step "seed $seed: FedSM (the job's selector_training), $rounds rounds, preset $preset"
   "$python" -m fedsm.job_config jobs/fedsm_prostate "$dir/jobs/fedsm" "${common[@]}" --set "train.seed=$seed" >/dev/null
   simulate "$dir/jobs/fedsm" "$dir/ws/fedsm" "$dir/fedsm.log"
   for variant in $variants; do

@@ -2,7 +2,8 @@
 
 Synthetic data (3 cases per site, 32x32 slices, plus the held-out UNSEEN site), FedSM and FedAvg in
 the NVFlare simulator (2 rounds), the centralized and local baselines (2 rounds x 1 epoch), then the
-gap report (with the FedSM run given a second time as a variant, to exercise that path cheaply).
+gap report (with the FedSM run given a second time as a variant, to exercise that path cheaply, and
+the routed-by-validation row), and a second report that takes every run twice, as two seeds.
 """
 
 import dataclasses
@@ -34,6 +35,7 @@ class TinyStudy:
     centralized: Path
     local: Path
     report: Path
+    seeds_report: Path
 
     @property
     def fedsm_app(self) -> Path:
@@ -67,7 +69,7 @@ def tiny_study(tmp_path_factory) -> TinyStudy:
                                    {"server.num_rounds": ROUNDS},
                                    train_config_from=fedsm_job / "app" / "config" / "config_train.json")
     study = TinyStudy(root, data, fedsm_job, fedavg_job, root / "fedsm_ws", root / "fedavg_ws",
-                      root / "centralized", root / "local", root / "report")
+                      root / "centralized", root / "local", root / "report", root / "seeds_report")
     _simulate(fedsm_job, study.fedsm_ws)
     _simulate(fedavg_job, study.fedavg_ws)
     baselines.main(["centralized", "--job", str(fedsm_job), "--output", str(study.centralized)])
@@ -75,7 +77,10 @@ def tiny_study(tmp_path_factory) -> TinyStudy:
     gap_report.main(["--fedsm", str(study.fedsm_ws), "--fedsm-variant", f"copy={study.fedsm_ws}",
                      "--fedavg", str(study.fedavg_ws), "--centralized", str(study.centralized),
                      "--local", str(study.local), "--output", str(study.report),
-                     "--thresholds", "0", "0.3", "0.5", "0.9"])
+                     "--thresholds", "0", "0.3", "0.5", "0.9", "--route_by_validation", "0"])
+    gap_report.main(["--fedsm", *[str(study.fedsm_ws)] * 2, "--fedavg", *[str(study.fedavg_ws)] * 2,
+                     "--centralized", *[str(study.centralized)] * 2, "--output", str(study.seeds_report),
+                     "--thresholds", "0.9"])
     _CACHE["study"] = study
     return study
 

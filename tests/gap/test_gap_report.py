@@ -61,8 +61,8 @@ def _check(dice_table, method, per_site: dict[str, list[float]]):
 
 
 def test_report_writes_every_table_and_plot_with_configs_and_seeds(study):
-    for name in ("report.md", "dice_table.csv", "threshold_sweep.csv", "confusion_matrix.csv", "routing.csv",
-                 "selector_rounds.csv", "results.json"):
+    for name in ("report.md", "dice_table.csv", "dice_summary.csv", "paired_comparisons.csv", "threshold_sweep.csv",
+                 "confusion_matrix.csv", "routing.csv", "selector_rounds.csv", "results.json"):
         assert (study.report / name).stat().st_size > 0, name
     for name in ("dice_per_site.png", "threshold_curve.png", "confusion_matrix.png", "selector_accuracy.png"):
         assert (study.report / name).read_bytes()[:8] == PNG_MAGIC, name
@@ -75,7 +75,8 @@ def test_report_writes_every_table_and_plot_with_configs_and_seeds(study):
     results = read_results(study)
     names = [method["name"] for method in results["methods"]]
     assert names == ["local", "FedAvg", "centralized", "FedSM global only", "FedSM super model",
-                     "FedSM[copy] global only", "FedSM[copy] super model"]
+                     "FedSM super model, routed by validation", "FedSM[copy] global only", "FedSM[copy] super model",
+                     "FedSM[copy] super model, routed by validation"]
     for method in results["methods"]:
         assert method["seed"] == 0 and method["config"]["image_size"] == SIZE and method["config"]["num_rounds"] == 2
     assert results["unseen_sites"] == [UNSEEN] and results["verdict"] in report
@@ -155,3 +156,37 @@ def test_selector_confusion_and_unseen_routing_equal_a_direct_computation(study,
                 assert float(row[f"share_{client}"]) == pytest.approx(np.mean(np.array(routes) == label), abs=TOLERANCE)
             assert float(dice_table[("FedSM super model", UNSEEN)]["test_dice"]) == pytest.approx(
                 np.mean(dices), abs=TOLERANCE)
+
+
+def test_the_routed_row_equals_test_only_routed_by_validation(study, dice_table):
+    direct = prostate_2d_test_only.main(["--workspace", str(study.fedsm_ws), "--route_by_validation", "0"])
+    for site in [*CLIENTS, "pooled"]:
+        expected = direct["pooled"] if site == "pooled" else direct["sites"][site]
+        assert float(dice_table[("FedSM super model, routed by validation", site)]["test_dice"]) == pytest.approx(
+            expected["super_dice"], abs=TOLERANCE)
+    routed = read_results(study)["route_by_validation"]
+    assert routed["runs"]["FedSM"]["personalized_sites"] == direct["route_by_validation"]["personalized_sites"]
+    pairs = [(c["method"], c["other"]) for c in read_results(study)["paired_comparisons"]]
+    assert ("FedSM super model, routed by validation", "FedSM global only") in pairs
+
+
+def test_two_seeds_give_means_spreads_and_paired_intervals(study):
+    one = {(c["method"], c["other"]): c for c in read_results(study)["paired_comparisons"]}
+    results = json.loads((study.seeds_report / "results.json").read_text())
+    assert results["seeds"] == 2
+    comparisons = {(c["method"], c["other"]): c for c in results["paired_comparisons"]}
+    assert list(comparisons) == [("FedSM super model", "FedAvg"), ("FedSM super model", "centralized"),
+                                 ("FedSM super model", "FedSM global only")]
+    for pair, comparison in comparisons.items():  # the same run twice: no spread over seeds
+        assert comparison["seeds"] == 2
+        assert comparison["difference"] == pytest.approx(one[pair]["difference"], abs=1e-12)
+        assert comparison["t_low"] == pytest.approx(comparison["difference"], abs=1e-12)
+        assert comparison["bootstrap_low"] == pytest.approx(one[pair]["bootstrap_low"], abs=1e-12)
+    summary = read_csv(study.seeds_report / "dice_summary.csv")
+    assert {row["seeds"] for row in summary} == {"2"} and {float(row["std_over_seeds"]) for row in summary
+                                                           if row["std_over_seeds"] != "-"} == {0.0}
+    assert len(read_csv(study.seeds_report / "dice_table.csv")) == 2 * len(summary)
+    report = (study.seeds_report / "report.md").read_text()
+    assert "## Paired comparisons (pooled test Dice)" in report and "± 0.0000" in report
+    mode = next(m for m in results["methods"] if m["name"] == "FedSM super model")["config"]["selector_training"]
+    assert results["evidence"][0].startswith(f"FedSM ({mode}): ") and "over 2 seeds" in results["evidence"][0]
