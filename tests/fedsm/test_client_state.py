@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fedsm.core.adam_moments import extract_adam_moments
-from fedsm.io.client_state import (CLIENT_STATE_FILENAME, ClientState, apply_client_state, client_state_dir,
+from fedsm.io.client_state import (CLIENT_STATE_FILENAME, apply_client_state, client_state_dir,
                                    copy_missing, restorable_state, save_client_state)
 from fedsm.selector_training import selector_training
 
@@ -36,8 +36,7 @@ def _saved_after_round(folder, round_number, best=None):
     models, optimizers = _pair()
     for name in models:
         _steps(models[name], optimizers[name], 2)
-    save_client_state(folder, ClientState(round_number, {n: o.state_dict() for n, o in optimizers.items()},
-                                          best or {"personalized": 0.5}))
+    save_client_state(folder, round_number, optimizers, best or {"personalized": 0.5})
     return models, optimizers
 
 
@@ -81,7 +80,7 @@ def test_an_unusable_state_starts_fresh_with_a_warning_naming_the_file(tmp_path,
         models, optimizers = _pair(width=5)
         for name in models:
             _steps(models[name], optimizers[name], 1)
-        save_client_state(tmp_path, ClientState(2, {n: o.state_dict() for n, o in optimizers.items()}, {}))
+        save_client_state(tmp_path, 2, optimizers, {})
     else:
         _saved_after_round(tmp_path, 2)
         if damage == "truncated":

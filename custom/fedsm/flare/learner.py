@@ -18,6 +18,8 @@ from ..core.selector_update import expected_moment_shapes
 from ..core.update_checks import shapes_of
 from ..data.site_data import load_site_data
 from ..io.checkpoint import save_checkpoint
+from ..io.client_state import (apply_client_state, client_state_dir, copy_missing, restorable_state,
+                               save_client_state)
 from ..models.networks import build_models
 from ..models.weights import get_weights, set_weights, weight_difference
 from ..runtime import SIMULATOR_JOB_ID, choose_device, cpu_threads
@@ -27,6 +29,13 @@ from ..tags import (GLOBAL_LOSS, GLOBAL_METRIC, PERSONALIZED_LOSS, PERSONALIZED_
 from ..training import train_segmentation, validate_segmentation, validate_selector
 from .messages import GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS, START_ERROR_HEADER, FedSMTask, FedSMUpdate, \
     MessageError
+
+# Optimizers whose state lives on between rounds, saved in the client state. Not the selector's: in
+# `client_adam` its state is replaced by the server's averaged moments before every step, and the
+# gradient modes never step it on the client.
+CARRIED_OPTIMIZERS = ("global", "personalized")
+PERSONALIZED_BEST = "personalized_best.pt"
+
 
 
 class FedSMLearner(Executor):
@@ -80,6 +89,8 @@ class FedSMLearner(Executor):
                             SELECTOR_MOMENTS: expected_moment_shapes(get_weights(self.models["selector"]))}
         self.writer = SummaryWriter(log_dir=str(self.app_root))
         self.best_metrics: dict[str, float] = {}
+        self.state_dir = client_state_dir(self.config.client_state_dir, self.app_root, self.client_name)
+        self.state_checked = False  # the first task decides whether the saved client state continues
         self.ready = True
         self.log_info(fl_ctx, f"{self.client_name}: {data.num_training} training and "
                               f"{self.num_validation} validation images, device {self.device}")
@@ -97,6 +108,8 @@ class FedSMLearner(Executor):
             self.log_error(fl_ctx, f"bad task data: {error}")
             return make_reply(ReturnCode.BAD_TASK_DATA)
         del shareable
+        if not self.state_checked:
+            self._restore_client_state(task.round, fl_ctx)
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(self.config.torch_threads, task.num_clients if self.in_simulator else 1))
         # seeded per round, so a resumed run draws the same shuffles and dropout masks as an uninterrupted one
@@ -117,9 +130,23 @@ class FedSMLearner(Executor):
         started = time.monotonic()
         self._train(task, reply, fl_ctx)
         seconds["train"], seconds["busy_until"] = time.monotonic() - started, time.time()
+        save_client_state(self.state_dir, task.round, self._carried_optimizers(), self.best_metrics)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         return reply.to_shareable()
+
+    def _carried_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {name: self.optimizers[name] for name in CARRIED_OPTIMIZERS}
+
+    def _restore_client_state(self, round_number: int, fl_ctx: FLContext) -> None:
+        """Continue the client state saved after round `round_number - 1`, if there is one."""
+        self.state_checked = True
+        restore = restorable_state(self.state_dir, round_number, self._carried_optimizers())
+        if restore.state is not None:
+            apply_client_state(restore.state, self._carried_optimizers())
+            self.best_metrics = dict(restore.state.best_metrics)
+            copy_missing(self.state_dir, self.app_root, [PERSONALIZED_BEST])
+        (self.log_warning if restore.warning else self.log_info)(fl_ctx, restore.message)
 
     def _validate(self, round_number: int, num_rounds: int, label: int, fl_ctx: FLContext) -> dict[str, float]:
         accuracy, confidence = validate_selector(self.models["selector"], self.val_loader, label, self.device)
@@ -136,7 +163,8 @@ class FedSMLearner(Executor):
                         PERSONALIZED_METRIC: metrics[PERSONALIZED_METRIC]}
         save_checkpoint(self.app_root / "personalized_last.pt", personalized)
         if improves(self.best_metrics, "personalized", metrics[PERSONALIZED_METRIC]):
-            save_checkpoint(self.app_root / "personalized_best.pt", personalized)
+            for folder in {self.app_root, self.state_dir}:  # a new job's app folder gets it from the state
+                save_checkpoint(folder / PERSONALIZED_BEST, personalized)
         self.log_info(fl_ctx, f"round {round_number} of {num_rounds} validation: " +
                       ", ".join(f"{tag} {value:.4f}" for tag, value in metrics.items()))
         return metrics

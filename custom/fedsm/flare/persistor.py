@@ -12,6 +12,7 @@ from ..config import TrainConfig, resolve_path
 from ..core.model_set import ModelSet, Weights
 from ..io.checkpoint import (STATE_FILENAME, best_checkpoint_name, load_checkpoint, model_set_from_checkpoint,
                              model_set_to_checkpoint, save_checkpoint)
+from ..io.client_state import copy_missing
 from ..models.networks import build_models
 from ..models.weights import get_weights
 
@@ -66,7 +67,17 @@ class FedSMModelPersistor(FLComponent):
                                          "from the current global model")
                 models.personalized[client] = {k: np.array(v) for k, v in models.global_model.items()}
         self.log_info(fl_ctx, f"resuming from {state_path} at round {models.next_round}")
+        self.carry_best_files(state_path.parent, models, fl_ctx)
         return models
+
+    def carry_best_files(self, source: Path, models: ModelSet, fl_ctx: FLContext) -> None:
+        """Copy the best checkpoints of the run resumed from (folder `source`) into this app folder where
+        it has none, so that they match the best metrics carried over in the state."""
+        names = [best_checkpoint_name("global"), best_checkpoint_name("selector")] + \
+            [best_checkpoint_name("personalized", client) for client in sorted(models.personalized)]
+        copied = copy_missing(source, self._app_root(fl_ctx), names)
+        if copied:
+            self.log_info(fl_ctx, f"carried the best checkpoints {copied} over from {source}")
 
     def save(self, models: ModelSet, fl_ctx: FLContext) -> Path:
         path = self._app_root(fl_ctx) / self.state_filename

@@ -50,11 +50,14 @@ def client_state_dir(configured: str, app_root: str | os.PathLike, client: str) 
     return resolve_path(configured, "client_state_dir") / client
 
 
-def save_client_state(folder: str | os.PathLike, state: ClientState) -> Path:
-    """Write `state` to `folder/client_state.pt` atomically (mode 0600, tensors only, loads with weights_only)."""
+def save_client_state(folder: str | os.PathLike, round_number: int, optimizers: Mapping[str, torch.optim.Optimizer],
+                      best_metrics: Mapping[str, float]) -> Path:
+    """Write the state after the train task of `round_number` to `folder/client_state.pt`: each optimizer's
+    `state_dict()` and the best metrics; atomically, mode 0600, tensors only (loads with weights_only)."""
     path = Path(folder) / CLIENT_STATE_FILENAME
-    save_checkpoint(path, {"round": int(state.round), "optimizers": state.optimizers,
-                           "best_metrics": {k: float(v) for k, v in state.best_metrics.items()}})
+    save_checkpoint(path, {"round": int(round_number),
+                           "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+                           "best_metrics": {k: float(v) for k, v in best_metrics.items()}})
     return path
 
 
