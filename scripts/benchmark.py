@@ -1,13 +1,17 @@
 """Benchmark N rounds of a FedSM job config in the NVFlare simulator.
 
 Prints, per round, the wall time split into clients busy (first validation start to last training
-end; the slowest client's train and validate times beside it) / communicate / aggregate+persist, the MB per client moved down and up, and the peak total RSS of the whole
-simulator process tree (server and client processes), sampled every 0.2 s.
+end; the slowest client's train and validate times beside it) / communicate / aggregate+persist, the
+MB per client moved down and up (as they travel, after any filter), and each process's RSS at the
+round's end and its peak so far (server and every client); then the peak total RSS of the whole
+simulator process tree, sampled every 0.2 s.
 
     python scripts/benchmark.py --rounds 3 --set train.image_size=256 --set train.selector=vgg11
+    python scripts/benchmark.py --rounds 3 --quantize float16     # NVFlare's ModelQuantizer both ways
 """
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -25,13 +29,35 @@ COST_LINE = re.compile(
     r"Round (?P<round>\d+) cost: wall (?P<wall>[\d.]+) s, clients busy (?P<busy>[\d.]+) s \(slowest client validate "
     r"(?P<validate>[\d.]+) s train (?P<train>[\d.]+) s\), aggregate\+persist (?P<aggregate>[\d.]+) s, "
     r"communicate (?P<communicate>[\d.]+) s; "
-    r"per client down (?P<down>[\d.]+) MB up (?P<up>[\d.]+) MB"
+    r"per client down (?P<down>[\d.]+) MB up (?P<up>[\d.]+) MB; memory GiB now/peak: (?P<memory>.*)$", re.MULTILINE
 )
+MEMORY_ITEM = re.compile(r"(?P<name>[\w.-]+) (?P<rss>[\d.]+)/(?P<peak>[\d.]+)")
+QUANTIZER = "nvflare.app_opt.pt.quantization.quantizer.ModelQuantizer"
+DEQUANTIZER = "nvflare.app_opt.pt.quantization.dequantizer.ModelDequantizer"
 
 
-def round_costs(log: str) -> list[dict[str, float]]:
-    """The `Round N cost:` lines of a server log, as dicts of numbers."""
-    return [{k: float(v) for k, v in m.groupdict().items()} for m in COST_LINE.finditer(log)]
+def round_costs(log: str) -> list[dict]:
+    """The `Round N cost:` lines of a server log, as dicts of numbers; `memory` maps each process
+    (server, clients) to its (RSS now, peak) in GiB."""
+    costs = []
+    for match in COST_LINE.finditer(log):
+        cost = {k: float(v) for k, v in match.groupdict().items() if k != "memory"}
+        cost["memory"] = {m["name"]: (float(m["rss"]), float(m["peak"])) for m in MEMORY_ITEM.finditer(match["memory"])}
+        costs.append(cost)
+    return costs
+
+
+def add_quantization(job: Path, quantization_type: str) -> None:
+    """NVFlare's stock quantization both ways, configured as the README shows."""
+    quantizer = {"path": QUANTIZER, "args": {"quantization_type": quantization_type}}
+    dequantizer = {"path": DEQUANTIZER, "args": {}}
+    for side, outgoing, incoming in (("client", "task_result_filters", "task_data_filters"),
+                                     ("server", "task_data_filters", "task_result_filters")):
+        config_file = job / "app" / "config" / f"config_fed_{side}.json"
+        config = json.loads(config_file.read_text())
+        config[outgoing] = [{"tasks": ["train", "validate"], "filters": [quantizer]}]
+        config[incoming] = [{"tasks": ["train", "validate"], "filters": [dequantizer]}]
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def tree_rss(process: psutil.Process) -> dict[int, int]:
@@ -62,7 +88,7 @@ def run_and_sample(command: list[str], log_file: Path, period: float = 0.2) -> t
     return process.returncode, peak_total, peak_single
 
 
-def format_report(costs: list[dict[str, float]], peak_rss: int, peak_single: int) -> str:
+def format_report(costs: list[dict], peak_rss: int, peak_single: int) -> str:
     gib = 1024**3
     header = f"{'round':>5} {'wall s':>8} {'busy s':>8} {'train s':>8} {'valid. s':>8} {'comm. s':>8} " \
              f"{'agg+pers s':>10} {'down MB':>9} {'up MB':>9} {'overhead':>8}"
@@ -72,6 +98,10 @@ def format_report(costs: list[dict[str, float]], peak_rss: int, peak_single: int
         lines.append(f"{int(c['round']):>5} {c['wall']:>8.2f} {c['busy']:>8.2f} {c['train']:>8.2f} {c['validate']:>8.2f} "
                      f"{c['communicate']:>8.2f} {c['aggregate']:>10.2f} {c['down']:>9.1f} {c['up']:>9.1f} "
                      f"{overhead:>8.1%}")
+    lines.append("memory per process, GiB at the round's end / peak so far:")
+    for c in costs:
+        lines.append(f"{int(c['round']):>5} " + ", ".join(f"{name} {rss:.2f}/{peak:.2f}"
+                                                         for name, (rss, peak) in c["memory"].items()))
     lines.append(f"peak total RSS of the process tree: {peak_rss / gib:.2f} GiB "
                  f"(largest single process: {peak_single / gib:.2f} GiB)")
     return "\n".join(lines)
@@ -83,11 +113,15 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", default="client_I2CVB,client_MSD,client_NCI_ISBI_3T")
     parser.add_argument("--workdir", default=None, help="folder for the derived job, workspace and log")
+    parser.add_argument("--quantize", choices=["float16", "blockwise8", "adaquant"],
+                        help="add NVFlare's ModelQuantizer/ModelDequantizer both ways (blockwise8 needs CUDA)")
     parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
                         metavar="SECTION.KEY=VALUE", help="job setting, as in `python -m fedsm.job_config`")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="fedsm_bench_"))
     job = derive_job(args.job, workdir / "job", {**dict(args.overrides), "server.num_rounds": args.rounds})
+    if args.quantize:
+        add_quantization(job, args.quantize)
     clients = args.clients.split(",")
     beside_python = Path(sys.executable).with_name("nvflare")
     nvflare = str(beside_python) if beside_python.exists() else shutil.which("nvflare")

@@ -32,12 +32,13 @@ def client_app(workspace: Path, client: str) -> Path:
     return workspace / client / "simulate_job" / f"app_{client}"
 
 
-def add_fault_filter(job: Path, client: str, fault: str, from_round: int = 0) -> None:
+def add_fault_filter(job: Path, client: str, fault: str, from_round: int = 0, seconds: float = 0.0) -> None:
     """Ship `fault_injection.CorruptUpdate` with the job and set it as the clients' result filter."""
     shutil.copy(Path(__file__).with_name("fault_injection.py"), job / "app" / "custom" / "fault_injection.py")
     config_file = job / "app" / "config" / "config_fed_client.json"
     config = json.loads(config_file.read_text())
     config["task_result_filters"] = [{"tasks": ["train"], "filters": [
-        {"path": "fault_injection.CorruptUpdate", "args": {"client": client, "fault": fault, "from_round": from_round}}
+        {"path": "fault_injection.CorruptUpdate", "args": {"client": client, "fault": fault, "from_round": from_round,
+                                                                "seconds": seconds}}
     ]}]
     config_file.write_text(json.dumps(config, indent=2))

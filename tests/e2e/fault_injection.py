@@ -3,6 +3,8 @@
 It works on the FedSM message as the server will read it (`fedsm.flare.messages`): a COLLECTION of
 part DXOs whose arrays are torch tensors."""
 
+import time
+
 import torch
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.filter import Filter
@@ -16,17 +18,22 @@ from fedsm.flare.messages import GLOBAL, LABEL_KEY, PERSONALIZED
 class CorruptUpdate(Filter):
     """On `client`, from round `from_round` on, apply `fault` to the train result:
     `nan` (NaN in the global diff), `shape` (a wrong selector shape), `dtype` (a float16 personalized
-    array), `label` (claims another client's selector label)."""
+    array), `label` (claims another client's selector label), `stall` (in round `from_round` only, the
+    client stays connected but answers only after `seconds`)."""
 
-    def __init__(self, client: str, fault: str = "nan", from_round: int = 0):
+    def __init__(self, client: str, fault: str = "nan", from_round: int = 0, seconds: float = 0.0):
         super().__init__()
-        self.client, self.fault, self.from_round = client, fault, from_round
+        self.client, self.fault, self.from_round, self.seconds = client, fault, from_round, seconds
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if fl_ctx.get_identity_name() != self.client:
             return shareable
         collection = from_shareable(shareable)
         if GLOBAL not in collection.data or collection.meta[AppConstants.CURRENT_ROUND] < self.from_round:
+            return shareable
+        if self.fault == "stall":
+            if collection.meta[AppConstants.CURRENT_ROUND] == self.from_round:
+                time.sleep(self.seconds)
             return shareable
         if self.fault == "nan":
             arrays = collection.data[GLOBAL].data

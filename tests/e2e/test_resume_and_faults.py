@@ -56,3 +56,30 @@ def test_bad_update_is_excluded_and_the_others_aggregate(tiny_data, tmp_path, fa
     state = torch.load(server_app(tmp_path / "ws") / "fedsm_state.pt", weights_only=True)
     assert state["next_round"] == 2
     assert all(torch.isfinite(t).all() for t in state["global"].values())
+
+
+def test_a_client_that_never_answers_costs_one_timeout_not_the_run(tiny_data, tmp_path):
+    """client_MSD stays connected but answers round 1 only after 60 s; with train_timeout 45 s the round
+    ends at the timeout, the others aggregate, and client_MSD's personalized model is unchanged (the
+    timeout counts from the task's creation, so round 0 leaves the simulator time to start the clients)."""
+    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"workflow.train_timeout": 45,
+                                                                 "workflow.validate_final_models": False}))
+    add_fault_filter(job, "client_MSD", "stall", from_round=1, seconds=60)
+    result = run_simulator(job, tmp_path / "ws")
+    log = result.stdout
+    assert result.returncode == 0
+    assert "no result from client_MSD for task 'train' in round 1" in log
+    assert "aggregated ['client_I2CVB', 'client_NCI_ISBI_3T']" in log.split("Round 1 finished")[1].splitlines()[0]
+    app = server_app(tmp_path / "ws")
+    before, after = (torch.load(app / f"fedsm_state.r0000{n}.pt", weights_only=True) for n in (1, 2))
+    for client in CLIENTS:
+        same = all(torch.equal(after["personalized"][client][name], tensor)
+                   for name, tensor in before["personalized"][client].items())
+        assert same == (client == "client_MSD"), client
+
+
+def test_min_clients_of_the_workflow_and_meta_must_agree(tiny_data, tmp_path):
+    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"workflow.min_clients": 3, "meta.min_clients": 2}))
+    result = run_simulator(job, tmp_path / "ws", timeout=180)
+    assert "min_clients is 3 in config_fed_server.json but 2 in meta.json" in result.stdout
+    assert "Round 0 of" not in result.stdout

@@ -211,10 +211,10 @@ def _replace_with_pieces(part, name, count):
     (_set("metrics", GLOBAL_METRIC, 1.5), rf"metric '{GLOBAL_METRIC}' must be a number in \[0, 1\]"),
     (_pop("metrics", GLOBAL_METRIC), r"metrics must hold exactly"),
     (lambda parts, meta: parts.pop("metrics"), r"no METRICS part"),
-    (_set_meta(SECONDS_KEY, {"validate": "1.5"}), rf"'{SECONDS_KEY}.validate' must be a finite number"),
+    (_set_meta(SECONDS_KEY, {"validate": "1.5"}), rf"'{SECONDS_KEY}.validate' must be a number in"),
     (_set_meta(SECONDS_KEY, {"sleep": 1.0}), rf"'{SECONDS_KEY}' must map some of"),
     (_set_meta(LABEL_KEY, True), rf"'{LABEL_KEY}' must be an integer"),
-    (_set_meta(NUM_VALIDATION_KEY, -1), rf"'{NUM_VALIDATION_KEY}' must be an integer >= 0"),
+    (_set_meta(NUM_VALIDATION_KEY, -1), rf"'{NUM_VALIDATION_KEY}' must be an integer in"),
     (_set_meta(AppConstants.CURRENT_ROUND, 2.0), rf"'{AppConstants.CURRENT_ROUND}' must be an integer"),
 ])
 def test_a_reply_breaking_the_contract_is_rejected_naming_part_and_array(mutate, message):

@@ -9,9 +9,8 @@ NVFlare's serialization (`fobs`); the attacker's reply is an honest reply mutate
 (object arrays, tuple keys, 100k pieces) is handed to the server as built, as a server-side result
 filter could.
 
-Known findings (the server code is not this test's to change) are listed in `KNOWN`, each with the
-category and mutation tag it shows up as; `test_known_findings_still_reproduce` fails (strict xfail)
-once one is fixed, so its entry can be removed.
+`REPROS` keeps the minimal reply of every problem this fuzzing found (and that was then fixed) as a
+regression test.
 """
 
 import copy
@@ -43,39 +42,7 @@ LABELS = {"client_a": 0, "client_b": 1, "attacker": 2, "client_c": 3}
 ORDER = ["client_a", "client_b", "attacker", "client_c"]  # the attacker in the middle of the stream
 STEPS = {"client_a": 3, "client_b": 5, "attacker": 4, "client_c": 7}
 ROUND, LAMBDA, LR = 3, 0.7, 1e-3
-pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")  # findings
 
-# category -> mutation tag prefix -> what is wrong; each has a strict-xfail repro in REPROS below
-_PIECE_INDEX = ("messages._decode_part accepts a piece index that the sender never writes (the `\\d+$` of _PIECE "
-                "matches Unicode digits, leading zeros and a trailing newline); _join then looks up "
-                "f'{name}#{int(index)}' and raises KeyError")
-_OVERSIZE = ("finite float32 values near the float32 maximum pass every check; the step-weighted sums (and the "
-             "gradient modes' g*g) overflow to Inf in the next models")
-KNOWN: dict[str, dict[str, str]] = {
-    "crash": {
-        "piece_index_format.leading_zero": _PIECE_INDEX,
-        "piece_index_format.arabic_indic_digit": _PIECE_INDEX,
-        "piece_index_format.trailing_newline": _PIECE_INDEX,
-        "huge_piece_index.5000": "int() of a piece index over 4300 digits raises ValueError in _decode_part",
-        "part_meta.filter_history": "FedSMUpdate.from_shareable: list(dxo.get_filter_history() or []) raises "
-                                    "TypeError for a numeric filter_history",
-        "part_meta.not_dict": "fed directly: _int(dxo.meta, ...) raises AttributeError for a global part whose "
-                              "meta is not a dict",
-        "steps.bigint": "fed directly: RoundAggregator.accept: np.isfinite(10**400) raises TypeError",
-        "metrics.bigint": "fed directly: messages._metrics: math.isnan(10**400) raises OverflowError",
-        "meta.seconds.bigint": "fed directly: messages._seconds: math.isfinite(10**400) raises OverflowError",
-    },
-    "accepted_malformed": {
-        "oversize": _OVERSIZE,
-        "meta.seconds.huge": "messages._seconds has no upper bound (1e300 s is taken into the cost line)",
-        "adam_step.-": "a negative Adam step count in the moments is averaged into the selector's optimizer state",
-        "meta.round.other_round": "the reply's round is not compared with the round of the task",
-    },
-    "nonfinite": {
-        "oversize": _OVERSIZE,
-        "large": "gradient modes square the float32 gradient: |g| > 1.8e19 makes exp_avg_sq Inf",
-    },
-}
 
 
 def _arrays(shapes, rng, positive=False):
@@ -154,7 +121,7 @@ class Server:
         outcome, error = "absent", None
         for client in ORDER:
             if client != "attacker":
-                update = FedSMUpdate.from_shareable(fobs.loads(self.honest[client]), self.shapes)
+                update = FedSMUpdate.from_shareable(fobs.loads(self.honest[client]), self.shapes, ROUND)
                 assert aggregator.accept(client, update, update.steps, self.fl_ctx), client
             elif attacker_reply is not None:
                 try:
@@ -168,7 +135,7 @@ class Server:
 
     def _attack(self, aggregator, reply) -> str:
         try:
-            update = FedSMUpdate.from_shareable(reply, self.shapes)
+            update = FedSMUpdate.from_shareable(reply, self.shapes, ROUND)
         except MessageError:
             return "rejected by decoder"
         accepted = aggregator.accept("attacker", update, update.steps, self.fl_ctx)
@@ -217,10 +184,6 @@ def _check(server: Server, seed: int) -> dict | None:
             "violations": violations}
 
 
-def _known(category: str, done) -> bool:
-    return any(tag.startswith(prefix) for prefix in KNOWN.get(category, {}) for tag, _, _ in done)
-
-
 @pytest.fixture(scope="module", params=sorted(SELECTOR_TRAININGS))
 def server(request):
     torch.set_num_threads(1)
@@ -232,11 +195,10 @@ def test_malformed_replies_are_left_out(server):
     results = [r for r in (_check(server, seed) for seed in range(first, first + CASES_PER_MODE)) if r is not None]
     rejected = [r for r in results if r["outcome"] != "accepted"]
     assert len(results) >= 200 and len(rejected) >= 150, (len(results), len(rejected))
-    unknown = [(category, text, r) for r in results for category, text in r["violations"]
-               if not _known(category, r["done"])]
-    assert not unknown, "\n\n".join(
+    violations = [(category, text, r) for r in results for category, text in r["violations"]]
+    assert not violations, "\n\n".join(
         f"[{server.mode.name} seed {r['seed']}] {category}: {r['done']} expect {r['expect']}, "
-        f"{r['outcome']}{' (fed directly)' if r['direct'] else ''}\n{text}" for category, text, r in unknown[:12])
+        f"{r['outcome']}{' (fed directly)' if r['direct'] else ''}\n{text}" for category, text, r in violations[:12])
 
 
 def test_honest_round_is_reproducible(server):
@@ -286,7 +248,7 @@ def _add_piece(part, name, index_text):
     return mutate
 
 
-# (id, mode, mutation, fed directly, must be rejected): the minimal reply of each finding in KNOWN
+# (id, mode, mutation, fed directly, must be rejected): the minimal reply of each problem found
 REPROS = [
     ("piece_leading_zero", "server_adam", _rename_pieces("global", "conv.weight", 2, lambda i: f"0{i}"), False, True),
     ("piece_unicode_digit", "server_adam", _rename_pieces("global", "conv.weight", 2, lambda i: chr(0x660 + i)),
@@ -311,9 +273,8 @@ REPROS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="known finding (KNOWN): fixed, then drop it from KNOWN and REPROS")
 @pytest.mark.parametrize("mode,mutation,direct,must_reject", [pytest.param(*r[1:], id=f"{r[0]}-{r[1]}") for r in REPROS])
-def test_known_findings_still_reproduce(mode, mutation, direct, must_reject):
+def test_former_findings_stay_fixed(mode, mutation, direct, must_reject):
     """The server neither raises nor takes the reply (or, for a legal but odd one, keeps the models finite)."""
     server = Server(mode)
     case = m.Case(fobs.loads(_reply(server.mode, "attacker", 7)), np.random.default_rng(0), ROUND, [])

@@ -4,11 +4,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .adam_moments import moment_key
+from .adam_moments import STEP_KEY, moment_key
 from .model_set import ModelSet, Weights
 from .selector_update import SelectorUpload
 from .soft_pull import soft_pull
-from .update_checks import nonfinite_names
+from .update_checks import MAX_ABS_VALUE, out_of_range_names
 from .weighted_average import WeightedAverage
 
 
@@ -48,10 +48,13 @@ class RoundAggregator:
         arrays = {"global": global_diff, "personalized": personalized, **{
             field: value for field, value in vars(selector).items() if value is not None}}
         for part, values in arrays.items():
-            bad = nonfinite_names(values)
+            bad = out_of_range_names(values)
             if bad:
-                return f"{part}: NaN/Inf values in {bad[:5]}"
+                return f"{part}: NaN/Inf or |value| > {MAX_ABS_VALUE:g} in {bad[:5]}"
         if selector.moments is not None:
+            step = selector.moments.get(STEP_KEY)
+            if step is not None and not float(step) >= 1.0:
+                return f"moments: Adam step {float(step)} is not >= 1"
             negative = [key for key, value in selector.moments.items()
                         if key.startswith(moment_key("exp_avg_sq", "")) and (np.asarray(value) < 0).any()]
             if negative:
@@ -84,4 +87,5 @@ class RoundAggregator:
             personalized=personalized,
             next_round=self.current.next_round + 1,
             best_metrics=dict(self.current.best_metrics),
+            declared_steps=dict(self.current.declared_steps),
         )

@@ -20,6 +20,7 @@ from ..data.site_data import load_site_data
 from ..io.checkpoint import save_checkpoint
 from ..io.client_state import (apply_client_state, client_state_dir, copy_missing, restorable_state,
                                save_client_state)
+from ..memory import memory_use, release_free_heap
 from ..models.networks import build_models
 from ..models.weights import get_weights, set_weights, weight_difference
 from ..runtime import SIMULATOR_JOB_ID, choose_device, cpu_threads
@@ -35,7 +36,6 @@ from .messages import GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS, START_ER
 # gradient modes never step it on the client.
 CARRIED_OPTIMIZERS = ("global", "personalized")
 PERSONALIZED_BEST = "personalized_best.pt"
-
 
 
 class FedSMLearner(Executor):
@@ -102,6 +102,7 @@ class FedSMLearner(Executor):
             reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
             reply.set_header(START_ERROR_HEADER, self.start_error)
             return reply
+        release_free_heap()  # the previous task's buffers are gone by now
         try:
             task = FedSMTask.from_shareable(shareable, self.task_shapes)
         except MessageError as error:
@@ -124,6 +125,7 @@ class FedSMLearner(Executor):
         reply = FedSMUpdate(round=task.round, label=task.label, metrics=metrics, num_validation=self.num_validation,
                             seconds=seconds)
         if task_name == self.validate_task_name:
+            reply.memory = memory_use()
             return reply.to_shareable()
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
@@ -133,6 +135,7 @@ class FedSMLearner(Executor):
         save_client_state(self.state_dir, task.round, self._carried_optimizers(), self.best_metrics)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
+        reply.memory = memory_use()
         return reply.to_shareable()
 
     def _carried_optimizers(self) -> dict[str, torch.optim.Optimizer]:

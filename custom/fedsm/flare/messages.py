@@ -68,9 +68,13 @@ NUM_VALIDATION_KEY = "fedsm_num_validation_images"
 SECONDS_KEY = "fedsm_seconds"  # {"validate": s, "train": s, "busy_from"/"busy_until": the client's clock}
 START_ERROR_HEADER = "fedsm_start_error"  # reply header: why the client could not start
 SECONDS_FIELDS = ("validate", "train", "busy_from", "busy_until")
+MEMORY_KEY = "fedsm_memory"  # {"rss": bytes now, "peak": the process's peak RSS}, for the round's cost line
 MAX_PARTS_NAMES = 100_000  # a part with more names than this is not a model of ours
 
-_PIECE = re.compile(r"^(?P<name>.+)#(?P<index>\d+)$")
+_PIECE = re.compile(r"(?P<name>.+)#(?P<index>0|[1-9][0-9]{0,8})", re.ASCII)  # canonical indices only
+MAX_INT = 2**31 - 1
+MAX_STEPS = 10**6  # local steps per round a reply may claim (the weight cap keeps weighted sums finite)
+MAX_SECONDS = 1e11  # durations and the client's clock (seconds since 1970)
 
 
 class MessageError(ValueError):
@@ -135,6 +139,7 @@ class FedSMUpdate:
     metrics: dict[str, float]
     num_validation: int
     seconds: dict[str, float]
+    memory: dict[str, int] = dataclasses.field(default_factory=dict)
     steps: int = 0
     parts: dict[str, Weights] = dataclasses.field(default_factory=dict)
     filters: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # part -> filters applied to it
@@ -165,16 +170,19 @@ class FedSMUpdate:
             if name == GLOBAL:
                 data[name].set_meta_prop(MetaKey.NUM_STEPS_CURRENT_ROUND, self.steps)
         meta = {AppConstants.CURRENT_ROUND: self.round, LABEL_KEY: self.label,
-                NUM_VALIDATION_KEY: self.num_validation, SECONDS_KEY: dict(self.seconds)}
+                NUM_VALIDATION_KEY: self.num_validation, SECONDS_KEY: dict(self.seconds),
+                MEMORY_KEY: dict(self.memory)}
         return _collection(data, meta).to_shareable()
 
     @classmethod
     def from_shareable(cls, shareable: Shareable, shapes: Mapping[str, Mapping[str, tuple]],
+                       expected_round: int | None = None,
                        dtypes: Mapping[str, Mapping[str, np.dtype]] | None = None) -> "FedSMUpdate":
         """Decode and check a client's reply completely, before anything uses it.
 
         `shapes` names the weight parts the reply must hold and their arrays' shapes (none for a
-        validation reply); `dtypes` the dtype each array must arrive in (default: float32). Raises
+        validation reply); `expected_round` the round of the task it answers; `dtypes` the dtype each
+        array must arrive in (default: float32). Raises
         `MessageError` naming the part, the array and the filters applied to that part.
         """
         collection = _open_collection(shareable)
@@ -184,18 +192,20 @@ class FedSMUpdate:
             raise MessageError("the reply has no METRICS part")
         update = cls(round=_int(meta, AppConstants.CURRENT_ROUND, 0), label=_int(meta, LABEL_KEY, 0),
                      metrics=_metrics(metrics_dxo.data), num_validation=_int(meta, NUM_VALIDATION_KEY, 0),
-                     seconds=_seconds(meta.get(SECONDS_KEY)))
+                     seconds=_seconds(meta.get(SECONDS_KEY)), memory=_memory(meta.get(MEMORY_KEY, {})))
+        if expected_round is not None and update.round != expected_round:
+            raise MessageError(f"the reply is for round {update.round}, the task was for round {expected_round}")
         extra = sorted(set(collection.data) - set(shapes) - {METRICS})
         if extra:
             raise MessageError(f"unexpected parts {extra[:5]}")
         for name, expected in shapes.items():
             dxo = collection.data.get(name)
-            update.filters[name] = list(dxo.get_filter_history() or []) if isinstance(dxo, DXO) else []
+            update.filters[name] = _filter_history(dxo)
             try:
                 update.parts[name] = _decode_part(collection.data, name, UPDATE_KINDS[name], expected,
                                                   (dtypes or {}).get(name))
                 if name == GLOBAL:
-                    update.steps = _int(dxo.meta, MetaKey.NUM_STEPS_CURRENT_ROUND, 1)
+                    update.steps = _int(dxo.meta, MetaKey.NUM_STEPS_CURRENT_ROUND, 1, MAX_STEPS)
             except MessageError as error:
                 applied = update.filters[name]
                 raise MessageError(f"{error}{f' (filters applied to it: {applied})' if applied else ''}") from None
@@ -270,6 +280,8 @@ def _decode_part(data: Mapping[str, Any], name: str, kind: str, expected: Mappin
         raise MessageError(f"part '{name}' is missing")
     if dxo.data_kind != kind:
         raise MessageError(f"part '{name}' has data kind {dxo.data_kind}, expected {kind}")
+    if not isinstance(dxo.meta, Mapping):
+        raise MessageError(f"part '{name}' has no meta dict")
     items = dxo.data
     if not isinstance(items, Mapping) or len(items) > MAX_PARTS_NAMES:
         raise MessageError(f"part '{name}' does not hold named arrays")
@@ -277,7 +289,7 @@ def _decode_part(data: Mapping[str, Any], name: str, kind: str, expected: Mappin
     for key in items:
         if not isinstance(key, str):
             raise MessageError(f"part '{name}' has a non-text name {key!r}")
-        match = _PIECE.match(key)
+        match = _PIECE.fullmatch(key)
         if key in expected:
             whole[key] = key
         elif match and match["name"] in expected:
@@ -303,7 +315,8 @@ def _join(items: Mapping[str, Any], part: str, name: str, indices: list[int], sh
     joined, row = None, 0
     for index in indices:
         piece = _to_numpy(items[f"{name}#{index}"])
-        if not isinstance(piece, np.ndarray) or piece.shape[1:] != shape[1:] or row + len(piece) > shape[0]:
+        if not isinstance(piece, np.ndarray) or piece.ndim != len(shape) or piece.shape[1:] != shape[1:] \
+                or not 0 < len(piece) <= shape[0] - row:
             raise MessageError(f"part '{part}': piece {index} of '{name}' ({getattr(piece, 'shape', type(piece))}) "
                                f"does not fit its shape {shape}")
         _check_dtype(piece, part, name, dtypes)
@@ -354,11 +367,31 @@ def _nbytes(value: Any) -> int:
     return int(getattr(value, "nbytes", 0))
 
 
-def _int(meta: Mapping, key: str, minimum: int) -> int:
+def _int(meta: Mapping, key: str, minimum: int, maximum: int = MAX_INT) -> int:
     value = meta.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise MessageError(f"meta '{key}' must be an integer >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= value <= maximum:
+        raise MessageError(f"meta '{key}' must be an integer in [{minimum}, {maximum}], got {str(value)[:50]}")
     return int(value)
+
+
+def _number(value: Any, low: float, high: float, nan_ok: bool = False) -> float | None:
+    """`value` as a float when it is a real number in [low, high] (or NaN where allowed), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if low <= number <= high or (nan_ok and math.isnan(number)) else None
+
+
+def _filter_history(dxo: Any) -> list[str]:
+    history = dxo.get_filter_history() if isinstance(dxo, DXO) and isinstance(dxo.meta, Mapping) else None
+    if history is None:
+        return []
+    if not isinstance(history, list) or not all(isinstance(name, str) for name in history):
+        raise MessageError(f"malformed filter history {str(history)[:50]}")
+    return list(history)
 
 
 def _metrics(values: Any) -> dict[str, float]:
@@ -367,11 +400,17 @@ def _metrics(values: Any) -> dict[str, float]:
                            f"{sorted(map(str, values)) if isinstance(values, Mapping) else type(values).__name__}")
     metrics = {}
     for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-                not (math.isnan(value) or 0.0 <= value <= 1.0):
-            raise MessageError(f"metric '{key}' must be a number in [0, 1] (or NaN), got {value!r}")
-        metrics[key] = float(value)
+        metrics[key] = _number(value, 0.0, 1.0, nan_ok=True)
+        if metrics[key] is None:
+            raise MessageError(f"metric '{key}' must be a number in [0, 1] (or NaN), got {str(value)[:50]}")
     return metrics
+
+
+def _memory(values: Any) -> dict[str, int]:
+    if not isinstance(values, Mapping) or not set(values) <= {"rss", "peak"} or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**50 for v in values.values()):
+        raise MessageError(f"meta '{MEMORY_KEY}' must map 'rss'/'peak' to byte counts, got {values!r}")
+    return dict(values)
 
 
 def _seconds(values: Any) -> dict[str, float]:
@@ -379,7 +418,8 @@ def _seconds(values: Any) -> dict[str, float]:
         raise MessageError(f"meta '{SECONDS_KEY}' must map some of {SECONDS_FIELDS} to seconds, got {values!r}")
     seconds = {}
     for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise MessageError(f"meta '{SECONDS_KEY}.{key}' must be a finite number >= 0, got {value!r}")
-        seconds[key] = float(value)
+        seconds[key] = _number(value, 0.0, MAX_SECONDS)
+        if seconds[key] is None:
+            raise MessageError(f"meta '{SECONDS_KEY}.{key}' must be a number in [0, {MAX_SECONDS:g}], "
+                               f"got {str(value)[:50]}")
     return seconds

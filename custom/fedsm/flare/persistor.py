@@ -10,8 +10,9 @@ from nvflare.apis.fl_context import FLContext
 
 from ..config import TrainConfig, resolve_path
 from ..core.model_set import ModelSet, Weights
-from ..io.checkpoint import (STATE_FILENAME, best_checkpoint_name, load_checkpoint, model_set_from_checkpoint,
-                             model_set_to_checkpoint, save_checkpoint)
+from ..io.checkpoint import (STATE_FILENAME, CheckpointError, best_checkpoint_name, load_checkpoint,
+                             model_set_from_checkpoint, model_set_to_checkpoint, rotated_states, save_checkpoint,
+                             save_rotated_state)
 from ..io.client_state import copy_missing
 from ..models.networks import build_models
 from ..models.weights import get_weights
@@ -35,15 +36,20 @@ class FedSMModelPersistor(FLComponent):
     all in the server app folder.
 
     Start: the state saved in this app folder (the same job restarted), else `resume_from` (the
-    `fedsm_state.pt` of an earlier run, to continue it as a new job), else fresh models.
+    `fedsm_state.pt` of an earlier run, to continue it as a new job), else fresh models. The last
+    `keep_states` states are kept (`fedsm_state.r<next round>.pt`, `fedsm_state.pt` being the newest);
+    a state that does not load falls back to the newest older one that does.
     """
 
     def __init__(self, train_config_filename: str = "config_train.json", state_filename: str = STATE_FILENAME,
-                 resume_from: str = ""):
+                 resume_from: str = "", keep_states: int = 3):
         super().__init__()
+        if keep_states < 1:
+            raise ValueError(f"keep_states must be >= 1, got {keep_states}")
         self.train_config_filename = train_config_filename
         self.state_filename = state_filename
         self.resume_from = resume_from
+        self.keep_states = keep_states
 
     def _app_root(self, fl_ctx: FLContext) -> Path:
         return Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
@@ -53,14 +59,16 @@ class FedSMModelPersistor(FLComponent):
 
     def load(self, clients: list[str], fl_ctx: FLContext) -> ModelSet:
         state_path = self._app_root(fl_ctx) / self.state_filename
-        if not state_path.exists() and self.resume_from:
+        if not state_path.exists() and not rotated_states(state_path.parent, self.state_filename) and self.resume_from:
             state_path = resolve_path(self.resume_from, "resume_from")
             if not state_path.is_file():
                 raise FileNotFoundError(f"resume_from: no FedSM state at {state_path}")
-        if not state_path.exists():
+        candidates = [path for path in [state_path, *rotated_states(state_path.parent, state_path.name)]
+                      if path.exists()]
+        if not candidates:
             self.log_info(fl_ctx, "no saved FedSM state: starting from freshly initialized models")
             return initial_model_set(self.train_config(fl_ctx), clients)
-        models = model_set_from_checkpoint(load_checkpoint(state_path), state_path)
+        models, state_path = self._newest_loadable(candidates, fl_ctx)
         for client in clients:
             if client not in models.personalized:
                 self.log_warning(fl_ctx, f"{state_path} has no personalized model of '{client}': starting it "
@@ -79,10 +87,17 @@ class FedSMModelPersistor(FLComponent):
         if copied:
             self.log_info(fl_ctx, f"carried the best checkpoints {copied} over from {source}")
 
+    def _newest_loadable(self, candidates: list[Path], fl_ctx: FLContext) -> tuple[ModelSet, Path]:
+        for path in candidates:
+            try:
+                return model_set_from_checkpoint(load_checkpoint(path), path), path
+            except CheckpointError as error:
+                self.log_warning(fl_ctx, f"{error}; trying an older state")
+        raise CheckpointError(f"no FedSM state loads: tried {[str(p) for p in candidates]}")
+
     def save(self, models: ModelSet, fl_ctx: FLContext) -> Path:
-        path = self._app_root(fl_ctx) / self.state_filename
-        save_checkpoint(path, model_set_to_checkpoint(models))
-        return path
+        return save_rotated_state(self._app_root(fl_ctx), self.state_filename, model_set_to_checkpoint(models),
+                                  models.next_round, self.keep_states)
 
     def best_path(self, model: str, client: str | None, fl_ctx: FLContext) -> Path:
         return self._app_root(fl_ctx) / best_checkpoint_name(model, client)

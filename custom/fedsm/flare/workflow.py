@@ -20,8 +20,10 @@ from nvflare.apis.signal import Signal
 from ..core.best_models import improved_models, mean_metric
 from ..core.label_mapping import check_label_mapping
 from ..core.model_set import ModelSet
+from ..core.robust import capped_weight, nonfinite_arrays, norm_outliers, update_norm
 from ..core.update_checks import shapes_of
 from ..job_config import check_packaged_code
+from ..memory import memory_use, release_free_heap
 from ..selector_training import selector_training
 from ..tags import GLOBAL_METRIC, SELECTOR_METRIC
 from .aggregator import FedSMAggregator
@@ -40,22 +42,30 @@ class FedSMController(Controller):
         train_task_name: str = "train",
         validate_task_name: str = "validate",
         parallel_tasks: bool = True,
-        train_timeout: int = 0,
-        min_clients: int = 1,
+        train_timeout: int = 1800,
+        min_clients: int | None = None,
         validate_final_models: bool = True,
         tensor_disk_offload: bool = True,
+        max_update_norm_ratio: float = 0.0,
+        checkpoint_timeout: float = 600.0,
     ):
         """
         Args:
             num_rounds: rounds of the whole run (a resumed run continues up to this number).
             client_id_label_mapping: client name -> selector label (0..K-1).
             parallel_tasks: send the round's tasks to all clients at once (else one client after another).
-            train_timeout: seconds a client may take for a task (0: no limit).
-            min_clients: fewest valid updates a round needs; fewer stops the run.
+            train_timeout: seconds a client may take for a task (0: no limit); a client that stays
+                connected but never answers then costs one round this long, not the run.
+            min_clients: fewest valid updates a round needs; fewer stops the run. None: the job's
+                `meta.json` `min_clients` (the two must agree; the run stops at start if they differ).
             validate_final_models: after the last round, have every client validate the final models.
             tensor_disk_offload: the server writes incoming client updates to temporary files as they
                 arrive and reads each one back while aggregating it (NVFlare's tensor disk offload),
                 so that concurrent uploads of large updates do not all sit in memory at once.
+            max_update_norm_ratio: k > 0 rejects an update whose norm exceeds k times the round's median
+                norm (with three or more updates). The server then holds every decoded update until the
+                round closes instead of streaming it: K updates in memory. 0 (default): off.
+            checkpoint_timeout: seconds a checkpoint write may take before the run stops naming it.
         """
         super().__init__()
         self.num_rounds = num_rounds
@@ -69,13 +79,20 @@ class FedSMController(Controller):
         self.min_clients = min_clients
         self.validate_final_models = validate_final_models
         self.tensor_disk_offload = tensor_disk_offload
+        self.max_update_norm_ratio = max_update_norm_ratio
+        self.checkpoint_timeout = checkpoint_timeout
+        self._held: dict[str, FedSMUpdate] = {}  # with the norm rule: decoded updates until the round closes
+        self._declared: dict[str, int] = {}  # this round's first-time declarations of local steps
+        self._current: ModelSet | None = None
         self._lock = threading.Lock()  # one lock around accepting, tracking the best models and aggregating
         self._round_open = False
+        self._task_round = -1
         self._started = False
         self._update_shapes: dict = {}
         self._metrics: dict[str, dict[str, float]] = {}
         self._sizes: dict[str, int] = {}
         self._client_seconds: dict[str, dict[str, float]] = {}
+        self._client_memory: dict[str, dict[str, int]] = {}
         self._bytes_up: dict[str, int] = {}
         self._bytes_down: dict[str, int] = {}
         self._accept_seconds = 0.0
@@ -110,6 +127,13 @@ class FedSMController(Controller):
             self.system_panic(f"FedSM configuration error: {error}", fl_ctx)
             return False
         self.mode = selector_training(self.train_config.selector_training)
+        meta_min_clients = (fl_ctx.get_prop(FLContextKey.JOB_META) or {}).get("min_clients")
+        if self.min_clients is None:
+            self.min_clients = meta_min_clients or 1
+        elif meta_min_clients is not None and meta_min_clients != self.min_clients:
+            self.system_panic(f"min_clients is {self.min_clients} in config_fed_server.json but {meta_min_clients} "
+                              "in meta.json; set one value in both", fl_ctx)
+            return False
         result_filters = self._server_result_filters(fl_ctx)
         if self.tensor_disk_offload and result_filters:
             # the server's result filters run on the received message before FedSM reads it, and stock
@@ -157,10 +181,18 @@ class FedSMController(Controller):
         self._writes.append(self._writer.submit(write, *args))
 
     def _finish_writes(self, fl_ctx: FLContext) -> bool:
-        """Wait for every checkpoint write; False (after a system panic naming the error) if one failed."""
+        """Wait (at most `checkpoint_timeout` s each) for every checkpoint write; False (after a system
+        panic naming the error) if one failed or hangs."""
         writes, self._writes = self._writes, []
-        errors = [future.exception() for future in writes]
-        errors = [error for error in errors if error is not None]
+        errors = []
+        for future in writes:
+            try:
+                error = future.exception(timeout=self.checkpoint_timeout)
+            except TimeoutError:
+                error = TimeoutError(f"a checkpoint write did not finish in {self.checkpoint_timeout} s "
+                                     f"(server app folder {fl_ctx.get_prop(FLContextKey.APP_ROOT)})")
+            if error is not None:
+                errors.append(error)
         if errors:
             self.system_panic(f"cannot write a checkpoint: {errors[0]}", fl_ctx)
         return not errors
@@ -182,19 +214,22 @@ class FedSMController(Controller):
                                         self.train_config.learning_rate_select)
             self._update_shapes = update_shapes(shapes_of(models.global_model),
                                                 self.mode.upload_shapes(models.selector))
+            self._current, self._held, self._declared = models, {}, {}
             self._run_tasks(self.train_task_name, models, clients, abort_signal, fl_ctx)
             if abort_signal.triggered:
                 return
             results_in = time.monotonic()
             with self._lock:  # a late result is not accepted while the round is closed
                 self._round_open = False
+                self._accept_held(fl_ctx)
                 self._track_best(models, round_number, fl_ctx)
                 contributors = self.aggregator.contributors
                 if len(contributors) < self.min_clients:
                     self.system_panic(f"round {round_number}: {len(contributors)} valid client updates "
                                       f"({contributors}), fewer than min_clients={self.min_clients}", fl_ctx)
                     return
-                models = self.aggregator.aggregate(fl_ctx)
+                models = self._next_models(models, fl_ctx)
+            release_free_heap()  # the round's accumulators and received updates, before the next tasks
             if not self._finish_writes(fl_ctx):  # the previous round's; at most one model set in flight
                 return
             self._write_in_background(self._save_state, _snapshot(models), fl_ctx)
@@ -208,6 +243,36 @@ class FedSMController(Controller):
                 self._track_best(models, models.next_round, fl_ctx)
                 self._write_in_background(self._save_state, _snapshot(models), fl_ctx)
         self.log_info(fl_ctx, "FedSM finished.")
+
+    def _next_models(self, current: ModelSet, fl_ctx: FLContext) -> ModelSet:
+        """The aggregated model set, or, when it holds NaN/Inf, `current` again for the next round (the
+        round is discarded and the last good state kept)."""
+        models = self.aggregator.aggregate(fl_ctx)
+        models.declared_steps.update(self._declared)
+        bad = nonfinite_arrays(models)
+        if bad:
+            self.log_error(fl_ctx, f"round {current.next_round} discarded: the aggregated models hold NaN/Inf in "
+                                   f"{bad[:5]}; the next round starts from the last good models")
+            return dataclasses.replace(current, next_round=current.next_round + 1)
+        return models
+
+    def _accept_held(self, fl_ctx: FLContext) -> None:
+        """With the norm rule on: reject the round's outliers, then stream the other held updates in."""
+        norms = {client: update_norm(update.global_diff, update.selector.diff, update.selector.gradient)
+                 for client, update in self._held.items()}
+        outliers = norm_outliers(norms, self.max_update_norm_ratio)
+        for client in sorted(self._held):
+            if client in outliers:
+                self.log_warning(fl_ctx, f"update of {client} rejected: norm {norms[client]:.4g} is over "
+                                         f"{self.max_update_norm_ratio} x the round's median")
+            else:
+                self._accept(client, self._held[client], fl_ctx)
+        self._held = {}
+
+    def _accept(self, client: str, update: FedSMUpdate, fl_ctx: FLContext) -> None:
+        declared = self._current.declared_steps.get(client)
+        if self.aggregator.accept(client, update, capped_weight(update.steps, declared), fl_ctx) and declared is None:
+            self._declared[client] = update.steps
 
     def _save_state(self, models: ModelSet, fl_ctx: FLContext) -> None:
         """Runs on the checkpoint thread; the log line tells that a restart can resume from this state."""
@@ -231,10 +296,15 @@ class FedSMController(Controller):
         mb = 1024 * 1024
         down = max(self._bytes_down.values(), default=0) / mb
         up = max(self._bytes_up.values(), default=0) / mb
+        gib = 1024**3
+        memory = {"server": memory_use(), **self._client_memory}
+        memory_text = ", ".join(f"{name} {m.get('rss', 0) / gib:.2f}/{m.get('peak', 0) / gib:.2f}"
+                                for name, m in memory.items())
         self.log_info(fl_ctx, f"Round {round_number} cost: wall {wall:.2f} s, clients busy {busy:.2f} s (slowest "
                               f"client validate {validate:.2f} s train {train:.2f} s), aggregate+persist "
                               f"{aggregate_persist:.2f} s, communicate {max(wall - busy - aggregate_persist, 0.0):.2f} s; "
-                              f"per client down {down:.1f} MB up {up:.1f} MB")
+                              f"per client down {down:.1f} MB up {up:.1f} MB; "
+                              f"memory GiB now/peak: {memory_text}")
 
     def _participants(self, fl_ctx: FLContext) -> list[str] | None:
         connected = sorted(client.name for client in self._engine.get_clients())
@@ -251,8 +321,10 @@ class FedSMController(Controller):
     def _run_tasks(self, task_name: str, models: ModelSet, clients: list[str], abort_signal: Signal,
                    fl_ctx: FLContext) -> None:
         self._metrics, self._sizes, self._client_seconds, self._bytes_up = {}, {}, {}, {}
+        self._client_memory = {}
         self._accept_seconds = 0.0
         self._round_open = True
+        self._task_round = models.next_round
         send_moments = self.mode.clients_step_adam and task_name == self.train_task_name
         tasks = []
         for client in clients:
@@ -299,7 +371,7 @@ class FedSMController(Controller):
                 return
             started = time.monotonic()
             try:
-                update = FedSMUpdate.from_shareable(result, self._update_shapes if training else {})
+                update = FedSMUpdate.from_shareable(result, self._update_shapes if training else {}, self._task_round)
             except MessageError as error:
                 self.log_warning(fl_ctx, f"reply of {client} to '{task_name}' rejected: {error}")
                 return
@@ -311,8 +383,11 @@ class FedSMController(Controller):
             self._metrics[client] = update.metrics
             self._sizes[client] = update.num_validation
             self._client_seconds[client] = update.seconds
-            if training:
-                self.aggregator.accept(client, update, update.steps, fl_ctx)
+            self._client_memory[client] = update.memory
+            if training and self.max_update_norm_ratio > 0:
+                self._held[client] = update
+            elif training:
+                self._accept(client, update, fl_ctx)
                 self._accept_seconds += time.monotonic() - started
 
     def _track_best(self, models: ModelSet, round_number: int, fl_ctx: FLContext) -> None:
@@ -339,4 +414,5 @@ class FedSMController(Controller):
 def _snapshot(models: ModelSet) -> ModelSet:
     """What a background write may hold: the arrays are never modified once a model set exists (each
     round builds new ones), but the best-metric dict is updated by the next round's tracking."""
-    return dataclasses.replace(models, best_metrics=dict(models.best_metrics))
+    return dataclasses.replace(models, best_metrics=dict(models.best_metrics),
+                               declared_steps=dict(models.declared_steps))

@@ -1,6 +1,7 @@
 """Checkpoints: nested dicts of torch tensors and plain values, written atomically, loaded safely."""
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,35 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return _to_numpy(content)
 
 
+def rotated_name(state_name: str, next_round: int) -> str:
+    """`fedsm_state.pt` -> `fedsm_state.r00012.pt`: the state saved before round 12."""
+    stem, dot, suffix = state_name.rpartition(".")
+    return f"{stem}.r{next_round:05d}.{suffix}" if dot else f"{state_name}.r{next_round:05d}"
+
+
+def rotated_states(folder: Path, state_name: str) -> list[Path]:
+    """The rotated states of `state_name` in `folder`, newest first."""
+    stem, _, suffix = state_name.rpartition(".")
+    return sorted(folder.glob(f"{stem}.r[0-9][0-9][0-9][0-9][0-9].{suffix}"), reverse=True)
+
+
+def save_rotated_state(folder: Path, state_name: str, content: dict[str, Any], next_round: int, keep: int) -> Path:
+    """Save a state as its own rotated file, make `state_name` that newest state (a hard link, or a copy
+    where links are not possible; replaced atomically), and delete all but the newest `keep` rotated
+    states, so a poisoned or truncated save never destroys the only resume point."""
+    rotated = folder / rotated_name(state_name, next_round)
+    save_checkpoint(rotated, content)
+    with atomic_path(folder / state_name) as tmp:
+        tmp.unlink()
+        try:
+            os.link(rotated, tmp)
+        except OSError:
+            shutil.copy2(rotated, tmp)
+    for old in rotated_states(folder, state_name)[max(keep, 1):]:
+        old.unlink(missing_ok=True)
+    return folder / state_name
+
+
 def model_set_to_checkpoint(models: ModelSet) -> dict[str, Any]:
     return {
         "global": models.global_model,
@@ -69,6 +99,7 @@ def model_set_to_checkpoint(models: ModelSet) -> dict[str, Any]:
         "personalized": models.personalized,
         "next_round": models.next_round,
         "best_metrics": models.best_metrics,
+        "declared_steps": models.declared_steps,
     }
 
 
@@ -81,6 +112,7 @@ def model_set_from_checkpoint(content: dict[str, Any], path: str | os.PathLike) 
             personalized=content["personalized"],
             next_round=int(content["next_round"]),
             best_metrics=dict(content["best_metrics"]),
+            declared_steps={client: int(steps) for client, steps in content.get("declared_steps", {}).items()},
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {path} is not a FedSM model set: missing or bad {error}") from error
