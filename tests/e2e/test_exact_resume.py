@@ -14,9 +14,12 @@ TOLERANCE = 1e-6
 
 
 def _run(tmp_path, name, data, **overrides):
-    # client_adam: the mode where clients hold an Adam for the selector too
-    job = make_job(tmp_path, f"job_{name}", tiny_overrides(data, **{"train.selector_training": "client_adam",
-                                                                    **overrides}))
+    """client_adam: the mode where clients hold an Adam for the selector too. Clients one after another:
+    updates then reach the streamed float32 sums in one order in every run; with parallel tasks their
+    arrival order changes the sums' last bit, and Adam turns that noise into lr-sized steps of the
+    parameters whose true gradient is zero (conv biases before instance or group norm)."""
+    job = make_job(tmp_path, f"job_{name}", tiny_overrides(data, **{
+        "train.selector_training": "client_adam", "workflow.parallel_tasks": False, **overrides}))
     result = run_simulator(job, tmp_path / f"ws_{name}")
     assert result.returncode == 0, result.stdout[-3000:]
     return tmp_path / f"ws_{name}"

@@ -69,24 +69,20 @@ def test_quantization_both_ways_halves_weights_on_the_wire(tiny_data, tmp_path, 
     _every_site_in_every_round(log, 2)
     assert "tensor_disk_offload off: the server has task result filters" in log
     unet, selector = _model_bytes(job)
-    moments = 2 * selector + 4  # exp_avg, exp_avg_sq and the step: APP_DEFINED, never quantized
     factor = {"float16": 0.5, "blockwise8": 0.25}[quantization_type]
-    weights = factor * (2 * unet + selector)  # global, personalized, selector: each way
+    # the default mode: down global, personalized, selector weights; up global diff, personalized and the
+    # selector's full-batch gradient (WEIGHT_DIFF, quantized too); no moments travel either way
+    expected = factor * (2 * unet + selector) / MB
     costs = _round_costs(log)
     assert len(costs) == 2
-    (down0, up0), (down1, up1) = costs
-    assert down0 == pytest.approx(weights / MB, abs=0.1 + 0.02 * weights / MB)  # round 0: no moments yet
-    for down, up in ((down1, up1), (None, up0)):
-        if down is not None:
-            assert down == pytest.approx((weights + moments) / MB, abs=0.1 + 0.02 * weights / MB)
-        assert up == pytest.approx((weights + moments) / MB, abs=0.1 + 0.02 * weights / MB)
-    unfiltered = (2 * unet + selector + moments) / MB
-    assert up1 < 0.8 * unfiltered
+    for down, up in costs:
+        assert down == pytest.approx(expected, abs=0.1 + 0.02 * expected)
+        assert up == pytest.approx(expected, abs=0.1 + 0.02 * expected)
 
 
 def test_exclude_vars_and_percentile_privacy(tiny_data, tmp_path):
-    """ExcludeVars keeps the selector at home (the server's selector never changes), PercentilePrivacy
-    filters the global difference, and the server sees both in the parts' filter histories."""
+    """ExcludeVars keeps the selector's gradient at home (the server's selector never changes),
+    PercentilePrivacy filters the global difference, and the server sees both in the filter histories."""
     job = make_job(tmp_path, "job", tiny_overrides(tiny_data))
     exclude = {"path": "nvflare.app_common.filters.ExcludeVars", "args": {"exclude_vars": r"^(features|classifier)\."}}
     privacy = {"path": "nvflare.app_common.filters.PercentilePrivacy",
@@ -98,14 +94,15 @@ def test_exclude_vars_and_percentile_privacy(tiny_data, tmp_path):
     _every_site_in_every_round(log, 2)
     histories = [ast.literal_eval(h) for h in re.findall(r"reply of \w+ to 'train': filters applied (.*)", log)]
     assert len(histories) == 2 * len(CLIENTS)
-    assert all("PercentilePrivacy" in h["global"] and "ExcludeVars" in h["selector"] for h in histories)
+    assert all("PercentilePrivacy" in h["global"] and "ExcludeVars" in h["selector_gradient"] for h in histories)
     state = torch.load(server_app(tmp_path / "ws") / "fedsm_state.pt", weights_only=True)
     config = TrainConfig.from_file(job / "app" / "config" / "config_train.json")
     initial = initial_model_set(config, CLIENTS)
     for name, weights in initial.selector.items():
         np.testing.assert_array_equal(state["selector"][name].numpy(), weights, err_msg=name)
-    # the moments were still averaged (they are not weights, ExcludeVars leaves them)
+    # no gradient arrived, so the moments stay complete and at zero (a fresh optimizer state)
     assert set(state["selector_moments"]) == set(expected_moment_shapes(initial.selector))
+    assert all(not t.any() for key, t in state["selector_moments"].items() if key != "step")
     changed = [name for name, weights in initial.global_model.items()
                if not np.array_equal(state["global"][name].numpy(), weights)]
     assert changed and all(torch.isfinite(t).all() for t in state["global"].values())

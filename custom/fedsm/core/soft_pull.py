@@ -16,7 +16,7 @@ def soft_pull(
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"soft_pull_lambda must be in [0, 1], got {lam}")
-    clients = list(personalized)
+    clients = sorted(personalized)  # a fixed order of the float sums, whatever order updates arrived in
     if not clients:
         return {}
     if len(clients) == 1:

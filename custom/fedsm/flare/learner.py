@@ -29,7 +29,7 @@ from ..tags import (GLOBAL_LOSS, GLOBAL_METRIC, PERSONALIZED_LOSS, PERSONALIZED_
                     SELECTOR_LOSS, SELECTOR_METRIC)
 from ..training import train_segmentation, validate_segmentation, validate_selector
 from .messages import GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS, START_ERROR_HEADER, FedSMTask, FedSMUpdate, \
-    MessageError
+    MessageError, public_reason
 
 # Optimizers whose state lives on between rounds, saved in the client state. Not the selector's: in
 # `client_adam` its state is replaced by the server's averaged moments before every step, and the
@@ -60,8 +60,8 @@ class FedSMLearner(Executor):
             except Exception as error:
                 # no system_panic: a client that stops leaves the server waiting for its results;
                 # it answers every task with this reason instead, and the server ends the run
-                self.start_error = f"{fl_ctx.get_identity_name()} cannot start: {error}"
-                self.log_error(fl_ctx, self.start_error)
+                self.log_error(fl_ctx, f"{fl_ctx.get_identity_name()} cannot start: {error}")
+                self.start_error = f"{fl_ctx.get_identity_name()} cannot start: {public_reason(error)}"
         elif event_type == EventType.END_RUN and self.ready:
             self.writer.close()
 
@@ -168,7 +168,7 @@ class FedSMLearner(Executor):
         if improves(self.best_metrics, "personalized", metrics[PERSONALIZED_METRIC]):
             for folder in {self.app_root, self.state_dir}:  # a new job's app folder gets it from the state
                 save_checkpoint(folder / PERSONALIZED_BEST, personalized)
-        self.log_info(fl_ctx, f"round {round_number} of {num_rounds} validation: " +
+        self.log_info(fl_ctx, f"round {round_number} validation (of {num_rounds} rounds): " +
                       ", ".join(f"{tag} {value:.4f}" for tag, value in metrics.items()))
         return metrics
 

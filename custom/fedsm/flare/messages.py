@@ -212,6 +212,15 @@ class FedSMUpdate:
         return update
 
 
+_LOCAL_PATH = re.compile(r"(?:~|\.{1,2})?(?:/[^/\s'\":,]+)+/(?=[^/\s'\":,]+)")
+
+
+def public_reason(error: BaseException) -> str:
+    """What a site tells the server about an error: its kind and message with every local folder cut
+    to `.../` (file names and datalist keys stay; the full text stays in the site's own log)."""
+    return f"{type(error).__name__}: {_LOCAL_PATH.sub('.../', str(error))}"
+
+
 def update_shapes(model: Mapping[str, tuple], selector_upload: Mapping[str, Mapping[str, tuple]]
                   ) -> dict[str, Mapping[str, tuple]]:
     """The parts of a training reply and their arrays' shapes: `model` (the UNet's) for the global

@@ -88,12 +88,14 @@ class FedSMModelPersistor(FLComponent):
             self.log_info(fl_ctx, f"carried the best checkpoints {copied} over from {source}")
 
     def _newest_loadable(self, candidates: list[Path], fl_ctx: FLContext) -> tuple[ModelSet, Path]:
+        errors = []
         for path in candidates:
             try:
                 return model_set_from_checkpoint(load_checkpoint(path), path), path
             except CheckpointError as error:
                 self.log_warning(fl_ctx, f"{error}; trying an older state")
-        raise CheckpointError(f"no FedSM state loads: tried {[str(p) for p in candidates]}")
+                errors.append(str(error))
+        raise CheckpointError(f"{errors[0]} (and no older state loads: tried {[str(p) for p in candidates]})")
 
     def save(self, models: ModelSet, fl_ctx: FLContext) -> Path:
         return save_rotated_state(self._app_root(fl_ctx), self.state_filename, model_set_to_checkpoint(models),
