@@ -11,7 +11,6 @@ simulator process tree, sampled every 0.2 s.
 """
 
 import argparse
-import json
 import re
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from fedsm.job_config import derive_job, parse_override
+from fedsm.job_config import add_quantization, derive_job, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 COST_LINE = re.compile(
@@ -32,8 +31,7 @@ COST_LINE = re.compile(
     r"per client down (?P<down>[\d.]+) MB up (?P<up>[\d.]+) MB; memory GiB now/peak: (?P<memory>.*)$", re.MULTILINE
 )
 MEMORY_ITEM = re.compile(r"(?P<name>[\w.-]+) (?P<rss>[\d.]+)/(?P<peak>[\d.]+)")
-QUANTIZER = "nvflare.app_opt.pt.quantization.quantizer.ModelQuantizer"
-DEQUANTIZER = "nvflare.app_opt.pt.quantization.dequantizer.ModelDequantizer"
+
 
 
 def round_costs(log: str) -> list[dict]:
@@ -45,19 +43,6 @@ def round_costs(log: str) -> list[dict]:
         cost["memory"] = {m["name"]: (float(m["rss"]), float(m["peak"])) for m in MEMORY_ITEM.finditer(match["memory"])}
         costs.append(cost)
     return costs
-
-
-def add_quantization(job: Path, quantization_type: str) -> None:
-    """NVFlare's stock quantization both ways, configured as the README shows."""
-    quantizer = {"path": QUANTIZER, "args": {"quantization_type": quantization_type}}
-    dequantizer = {"path": DEQUANTIZER, "args": {}}
-    for side, outgoing, incoming in (("client", "task_result_filters", "task_data_filters"),
-                                     ("server", "task_data_filters", "task_result_filters")):
-        config_file = job / "app" / "config" / f"config_fed_{side}.json"
-        config = json.loads(config_file.read_text())
-        config[outgoing] = [{"tasks": ["train", "validate"], "filters": [quantizer]}]
-        config[incoming] = [{"tasks": ["train", "validate"], "filters": [dequantizer]}]
-        config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def tree_rss(process: psutil.Process) -> dict[int, int]:

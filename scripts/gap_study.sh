@@ -22,6 +22,8 @@
 #                  (python -m data_preparation.prepare ...) to run the study on them.
 #   GAP_ROUNDS     number of rounds (default: 50 cpu, 100 gpu)
 #   GAP_VARIANTS   extra FedSM runs by selector_training, space separated (default "server_adam"; "" for none)
+#   GAP_QUANTIZE   extra FedSM runs with NVFlare's ModelQuantizer/ModelDequantizer both ways, by quantization
+#                  type (default: "float16" cpu, "blockwise8" gpu, which NVFlare 2.9 runs on CUDA only; "" for none)
 #   GAP_CASES      synthetic cases per site (default: 8 cpu, 16 gpu)
 #   GAP_SEEDS      number of seeds (default 1; --seeds N overrides)
 #   GAP_ROUTE_MARGIN  validation Dice margin of the "routed by validation" row (default 0)
@@ -43,6 +45,8 @@ nvflare="${FEDSM_VENV:-.venv}/bin/nvflare"
 out="${GAP_STUDY_DIR:-/tmp/nvflare/gap_study}"
 data="${GAP_DATA:-$out/data}"
 variants="${GAP_VARIANTS-server_adam}"
+quantize_default=float16; [ "$preset" = gpu ] && quantize_default=blockwise8
+quantize="${GAP_QUANTIZE-$quantize_default}"
 clients=client_I2CVB,client_MSD,client_NCI_ISBI_3T
 case "$preset" in
   cpu) rounds="${GAP_ROUNDS:-50}"; cases="${GAP_CASES:-8}"
@@ -84,6 +88,12 @@ run_seed() {  # run_seed SEED FOLDER: every method with train.seed SEED, into FO
       --set "train.seed=$seed" --set "train.selector_training=$variant" >/dev/null
     simulate "$dir/jobs/fedsm_$variant" "$dir/ws/fedsm_$variant" "$dir/fedsm_$variant.log"
   done
+  for kind in $quantize; do
+    step "seed $seed: FedSM (the job's selector_training, $kind quantization both ways)"
+    "$python" -m fedsm.job_config jobs/fedsm_prostate "$dir/jobs/fedsm_$kind" "${common[@]}" \
+      --set "train.seed=$seed" --quantize "$kind" >/dev/null
+    simulate "$dir/jobs/fedsm_$kind" "$dir/ws/fedsm_$kind" "$dir/fedsm_$kind.log"
+  done
   step "seed $seed: FedAvg (jobs/fedavg_prostate, the FedSM job's config_train.json)"
   "$python" -m result_stat.fedavg_job jobs/fedavg_prostate "$dir/jobs/fedavg" \
     --train-config-from "$dir/jobs/fedsm/app/config/config_train.json" --set "server.num_rounds=$rounds" >/dev/null
@@ -100,7 +110,7 @@ for seed in $(seq 0 $((seeds - 1))); do
   dir="$out"; [ "$seed" -eq 0 ] || dir="$out/seed_$seed"
   run_seed "$seed" "$dir"
   fedsm+=("$dir/ws/fedsm"); fedavg+=("$dir/ws/fedavg"); centralized+=("$dir/centralized"); local_runs+=("$dir/local")
-  for variant in $variants; do variant_args+=(--fedsm-variant "$variant=$dir/ws/fedsm_$variant"); done
+  for variant in $variants $quantize; do variant_args+=(--fedsm-variant "$variant=$dir/ws/fedsm_$variant"); done
 done
 
 step "report ($seeds seed(s))"

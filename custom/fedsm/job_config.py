@@ -9,7 +9,7 @@ Derive a job (CPU demo, tests, benchmarks):
     python -m fedsm.job_config jobs/fedsm_prostate /tmp/fedsm_cpu --set train.image_size=64 \
         --set server.num_rounds=5 --set train.selector='"light"'
 
-`train.KEY` sets a key of config_train.json, `server.KEY` a top-level variable of config_fed_server.json
+`--quantize float16` adds NVFlare's quantization filters both ways. `train.KEY` sets a key of config_train.json, `server.KEY` a top-level variable of config_fed_server.json
 (e.g. `num_rounds`, `soft_pull_lambda`), `workflow.KEY` an argument of the FedSM workflow, `meta.KEY`
 a key of meta.json. Values are JSON; a bare word is taken as a string.
 """
@@ -107,6 +107,24 @@ def derive_job(source: str | Path, destination: str | Path, overrides: dict[str,
     return destination
 
 
+QUANTIZER = "nvflare.app_opt.pt.quantization.quantizer.ModelQuantizer"
+DEQUANTIZER = "nvflare.app_opt.pt.quantization.dequantizer.ModelDequantizer"
+
+
+def add_quantization(job_dir: str | Path, quantization_type: str) -> None:
+    """Add NVFlare's stock quantization both ways to a job, as the README documents it: clients quantize
+    their results and dequantize their tasks, the server the reverse (`blockwise8` needs CUDA)."""
+    quantizer = {"path": QUANTIZER, "args": {"quantization_type": quantization_type}}
+    dequantizer = {"path": DEQUANTIZER, "args": {}}
+    for side, outgoing, incoming in (("client", "task_result_filters", "task_data_filters"),
+                                     ("server", "task_data_filters", "task_result_filters")):
+        config_file = Path(job_dir) / "app" / "config" / f"config_fed_{side}.json"
+        config = json.loads(config_file.read_text())
+        config[outgoing] = [{"tasks": ["train", "validate"], "filters": [quantizer]}]
+        config[incoming] = [{"tasks": ["train", "validate"], "filters": [dequantizer]}]
+        write_text_atomic(config_file, json.dumps(config, indent=2) + "\n")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`section.key=value` with a JSON value (a bare word is a string)."""
     dotted, sep, raw = text.partition("=")
@@ -126,13 +144,18 @@ def main(argv: list[str] | None = None) -> None:
                              "code into the source job")
     parser.add_argument("--set", dest="overrides", action="append", type=parse_override, default=[],
                         metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--quantize", choices=["float16", "blockwise8", "adaquant"],
+                        help="add NVFlare's ModelQuantizer/ModelDequantizer both ways (blockwise8 needs CUDA)")
     args = parser.parse_args(argv)
     if args.destination is None:
-        if args.overrides:
-            parser.error("--set needs a destination folder; the source job is never changed")
+        if args.overrides or args.quantize:
+            parser.error("--set and --quantize need a destination folder; the source job is never changed")
         print(package_code(args.source))
     else:
-        print(derive_job(args.source, args.destination, dict(args.overrides)))
+        job = derive_job(args.source, args.destination, dict(args.overrides))
+        if args.quantize:
+            add_quantization(job, args.quantize)
+        print(job)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ from e2e_helpers import make_job, server_app, tiny_overrides
 from tiny_runs import CLIENTS, run_simulator
 
 from fedsm.config import TrainConfig
+from fedsm.job_config import QUANTIZER, add_quantization
 from fedsm.core.selector_update import expected_moment_shapes
 from fedsm.flare.persistor import initial_model_set
 from fedsm.models.networks import build_models
 from fedsm.models.weights import get_weights
 
-QUANTIZER = "nvflare.app_opt.pt.quantization.quantizer.ModelQuantizer"
-DEQUANTIZER = "nvflare.app_opt.pt.quantization.dequantizer.ModelDequantizer"
 TASKS = ["train", "validate"]
 MB = 1024 * 1024
 
@@ -59,10 +58,7 @@ def test_quantization_both_ways_halves_weights_on_the_wire(tiny_data, tmp_path, 
     if quantization_type != "float16" and not torch.cuda.is_available():
         pytest.skip("NVFlare 2.9's ModelQuantizer runs blockwise8 on CUDA only")
     job = make_job(tmp_path, "job", tiny_overrides(tiny_data))
-    quantizer = {"path": QUANTIZER, "args": {"quantization_type": quantization_type}}
-    dequantizer = {"path": DEQUANTIZER, "args": {}}
-    _set_filters(job, "client", task_result_filters=[quantizer], task_data_filters=[dequantizer])
-    _set_filters(job, "server", task_data_filters=[quantizer], task_result_filters=[dequantizer])
+    add_quantization(job, quantization_type)  # the configs the README shows
     result = run_simulator(job, tmp_path / "ws")
     log = result.stdout
     assert result.returncode == 0
