@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import gc
 import resource
 import sys
 
@@ -15,12 +16,13 @@ def memory_use() -> dict[str, int]:
 
 
 def release_free_heap() -> None:
-    """Return glibc's freed heap pages to the system (no-op elsewhere).
+    """Collect garbage, then return glibc's freed heap pages to the system (no-op elsewhere).
 
     NVFlare's transfer threads and torch allocate many mid-size buffers from several malloc arenas;
     glibc keeps their freed pages, so a long-running server's RSS creeps up round after round although
     nothing is held. `malloc_trim(0)` after each round gives them back.
     """
+    gc.collect()  # model sets caught in reference cycles (NVFlare contexts, tracebacks) go first
     name = ctypes.util.find_library("c")
     if not name or not sys.platform.startswith("linux"):
         return

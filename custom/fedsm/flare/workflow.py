@@ -355,6 +355,7 @@ class FedSMController(Controller):
         """Decode and check a reply once, then stream it into the round; never raises on a bad reply."""
         client = client_task.client.name
         result, client_task.result = client_task.result, None
+        client_task.task.data = Shareable()  # its arrays belong to this round's model set; let them go with it
         task_name = client_task.task.name
         rc = result.get_return_code()
         if rc != ReturnCode.OK:
