@@ -76,23 +76,24 @@ simulate() {  # simulate JOB WORKSPACE LOG
     || { echo "[gap_study] $(basename "$3" .log) failed; see $3" >&2; exit 1; }
 }
 
+fedsm_run() {  # fedsm_run SEED FOLDER NAME TITLE [job_config options]: one FedSM run, as $FOLDER/ws/NAME
+  local seed=$1 dir=$2 name=$3 title=$4
+  shift 4
+  step "seed $seed: FedSM ($title)"
+  "$python" -m fedsm.job_config jobs/fedsm_prostate "$dir/jobs/$name" "${common[@]}" --set "train.seed=$seed" "$@" \
+    >/dev/null
+  simulate "$dir/jobs/$name" "$dir/ws/$name" "$dir/$name.log"
+}
+
 run_seed() {  # run_seed SEED FOLDER: every method with train.seed SEED, into FOLDER
-  local seed=$1 dir=$2 variant
+  local seed=$1 dir=$2 variant kind
   mkdir -p "$dir"
-  step "seed $seed: FedSM (the job's selector_training), $rounds rounds, preset $preset"
-  "$python" -m fedsm.job_config jobs/fedsm_prostate "$dir/jobs/fedsm" "${common[@]}" --set "train.seed=$seed" >/dev/null
-  simulate "$dir/jobs/fedsm" "$dir/ws/fedsm" "$dir/fedsm.log"
+  fedsm_run "$seed" "$dir" fedsm "the job's selector_training, $rounds rounds, preset $preset"
   for variant in $variants; do
-    step "seed $seed: FedSM (selector_training $variant)"
-    "$python" -m fedsm.job_config jobs/fedsm_prostate "$dir/jobs/fedsm_$variant" "${common[@]}" \
-      --set "train.seed=$seed" --set "train.selector_training=$variant" >/dev/null
-    simulate "$dir/jobs/fedsm_$variant" "$dir/ws/fedsm_$variant" "$dir/fedsm_$variant.log"
+    fedsm_run "$seed" "$dir" "fedsm_$variant" "selector_training $variant" --set "train.selector_training=$variant"
   done
   for kind in $quantize; do
-    step "seed $seed: FedSM (the job's selector_training, $kind quantization both ways)"
-    "$python" -m fedsm.job_config jobs/fedsm_prostate "$dir/jobs/fedsm_$kind" "${common[@]}" \
-      --set "train.seed=$seed" --quantize "$kind" >/dev/null
-    simulate "$dir/jobs/fedsm_$kind" "$dir/ws/fedsm_$kind" "$dir/fedsm_$kind.log"
+    fedsm_run "$seed" "$dir" "fedsm_$kind" "$kind quantization both ways" --quantize "$kind"
   done
   step "seed $seed: FedAvg (jobs/fedavg_prostate, the FedSM job's config_train.json)"
   "$python" -m result_stat.fedavg_job jobs/fedavg_prostate "$dir/jobs/fedavg" \
