@@ -2,9 +2,12 @@
 
     python -m result_stat.plot_tensorboard_events --workspace /tmp/nvflare/fedsm_prostate
     python result_stat/plot_tensorboard_events.py --workspace WS --tags train_loss train_loss_selector
+    python -m result_stat.plot_tensorboard_events --runs ours=WS1 reference=WS2 --tags val_metric_global_model
 
 One subplot per tag, one line per site (x = round), smoothed like TensorBoard (debiased exponential
-moving average) over the raw values drawn faintly. Reads the event files with TensorBoard's own
+moving average) over the raw values drawn faintly. With `--runs`, several runs on one figure: one row
+per tag, one column per site, one line per run (e.g. this job next to NVFlare's research/fed-sm,
+which logs the same tags). Reads the event files with TensorBoard's own
 reader (no TensorFlow needed) and writes a PNG atomically (no window is opened).
 """
 
@@ -126,6 +129,46 @@ def plot_curves(
     return figure
 
 
+def plot_runs(
+    runs: dict[str, dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]],
+    tags: Sequence[str],
+    weight: float,
+) -> Figure:
+    """Several runs on one figure: one row per tag, one column per site, one line per run;
+    `runs` is `{run: {site: {tag: (steps, values)}}}`."""
+    sites = sorted({site for curves in runs.values() for site in curves})
+    figure = Figure(figsize=(4.6 * len(sites), 3.8 * len(tags)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(tags), len(sites), squeeze=False)
+    handles = {}
+    for row, tag in enumerate(tags):
+        for column, site in enumerate(sites):
+            axis = axes[row][column]
+            for index, (run, curves) in enumerate(runs.items()):
+                if tag not in curves.get(site, {}):
+                    continue
+                steps, values = curves[site][tag]
+                axis.plot(steps, values, color=f"C{index % 10}", alpha=0.25, linewidth=1.0)
+                (handles[run],) = axis.plot(steps, smooth(values, weight), color=f"C{index % 10}", linewidth=1.8)
+            axis.set_title(f"{site}: {TITLES.get(tag, tag)}", fontsize=10)
+            axis.set_xlabel("round")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.grid(True, alpha=0.3)
+    if handles:
+        figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(len(handles), 6),
+                      fontsize=9, frameon=False)
+    figure.suptitle(f"smoothing {weight:g} (raw values faint)", fontsize=11)
+    return figure
+
+
+def parse_run(text: str) -> tuple[str, Path]:
+    """`LABEL=WORKSPACE` of `--runs` as (label, path)."""
+    label, separator, path = text.partition("=")
+    if not separator or not label or not path:
+        raise argparse.ArgumentTypeError(f"expected LABEL=WORKSPACE, got '{text}'")
+    return label, Path(path).expanduser()
+
+
 def save_png(figure: Figure, output: str | Path, dpi: int = 120) -> Path:
     """Write `figure` to `output` as a PNG, atomically."""
     output = Path(output)
@@ -138,6 +181,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", default=DEFAULT_WORKSPACE,
                         help=f"simulator workspace (or POC / client app folder) of the run (default {DEFAULT_WORKSPACE})")
+    parser.add_argument("--runs", nargs="+", type=parse_run, metavar="LABEL=WORKSPACE",
+                        help="compare runs on one figure (one column per site, one line per run); "
+                             "--output is then required")
     parser.add_argument("--tags", nargs="+", default=list(VALIDATION_TAGS),
                         help="scalar tags to plot, one subplot each (default: the three validation metrics)")
     parser.add_argument("--smoothing", type=float, default=0.8,
@@ -147,13 +193,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0.0 <= args.smoothing < 1.0:
         parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
+    if args.runs and not args.output:
+        parser.error("--runs needs --output")
+    if args.runs and len({label for label, _ in args.runs}) < len(args.runs):
+        parser.error("--runs labels must differ")
     return args
+
+
+def _read_workspace(workspace: Path, tags: Sequence[str]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """`{site: {tag: (steps, values)}}` of a run; exits naming the workspace when it has no event files."""
+    try:
+        return {site: read_scalars(folder, tags) for site, folder in find_event_dirs(workspace).items()}
+    except FileNotFoundError as error:
+        raise SystemExit(f"plot_tensorboard_events: error: {error}") from error
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorboard").setLevel(logging.WARNING)
+    if args.runs:
+        runs = {label: _read_workspace(workspace, args.tags) for label, workspace in args.runs}
+        for label, curves in runs.items():
+            if not any(curves.values()):
+                raise SystemExit(f"plot_tensorboard_events: error: run '{label}' has none of the tags {list(args.tags)}")
+        output = save_png(plot_runs(runs, args.tags, args.smoothing), Path(args.output).expanduser())
+        print(f"Wrote {output}")
+        return output
     workspace = Path(args.workspace).expanduser()
     try:
         event_dirs = find_event_dirs(workspace)

@@ -153,3 +153,45 @@ def test_cli_on_a_missing_folder_and_unknown_tags(tmp_path):
 def test_cli_rejects_a_bad_smoothing_weight(tmp_path):
     with pytest.raises(SystemExit):
         plot.main(["--workspace", str(tmp_path), "--smoothing", "1.0"])
+
+
+# --- several runs on one figure ---------------------------------------------------------------
+
+def test_plot_runs_has_one_row_per_tag_one_column_per_site_one_line_per_run(tmp_path):
+    ours = plot._read_workspace(_simulator_workspace(tmp_path / "a"), ["val_metric_global_model", "train_loss"])
+    other = {"client_A": {"val_metric_global_model": (np.array([0, 1]), np.array([0.2, 0.4]))}}
+    figure = plot.plot_runs({"ours": ours, "reference": other}, ["val_metric_global_model", "train_loss"], 0.0)
+    axes = figure.get_axes()
+    assert len(axes) == 2 * len(CURVES)  # 2 tags x 2 sites
+    by_title = {axis.get_title(): axis for axis in axes}
+    global_a = by_title["client_A: Global model: validation Dice"]
+    # raw + smoothed line per run: ours and the reference both logged the global Dice at client_A
+    assert len(global_a.get_lines()) == 4
+    assert global_a.get_lines()[3].get_ydata().tolist() == pytest.approx([0.2, 0.4])
+    assert len(by_title["client_B: Global model: validation Dice"].get_lines()) == 2  # ours only
+
+
+def test_cli_runs_writes_one_comparison_png(tmp_path, capsys):
+    first, second = _simulator_workspace(tmp_path / "a"), _simulator_workspace(tmp_path / "b")
+    target = tmp_path / "compare.png"
+    output = plot.main(["--runs", f"ours={first}", f"reference={second}", "--tags", "val_metric_global_model",
+                        "--output", str(target)])
+    assert output == target and target.read_bytes().startswith(PNG_SIGNATURE)
+    assert f"Wrote {target}" in capsys.readouterr().out
+
+
+def test_cli_runs_errors_name_the_run_or_the_setting(tmp_path):
+    workspace = _simulator_workspace(tmp_path / "a")
+    with pytest.raises(SystemExit):  # LABEL=WORKSPACE is required
+        plot.main(["--runs", str(workspace), "--output", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit):  # no --output
+        plot.main(["--runs", f"ours={workspace}"])
+    with pytest.raises(SystemExit):  # repeated label
+        plot.main(["--runs", f"ours={workspace}", f"ours={workspace}", "--output", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main(["--runs", f"ours={workspace}", "--tags", "no_such_tag", "--output", str(tmp_path / "x.png")])
+    assert "'ours'" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main(["--runs", f"ours={tmp_path / 'missing'}", "--output", str(tmp_path / "x.png")])
+    assert str(tmp_path / "missing") in str(exit_info.value.code)
+    assert not (tmp_path / "x.png").exists()
