@@ -50,7 +50,7 @@ from fedsm.data.loading import make_loader
 from fedsm.io.atomic import write_text_atomic
 from fedsm.io.checkpoint import CheckpointError
 from fedsm.models.networks import build_unet
-from fedsm.core.dice import binarize, dice_per_image
+from fedsm.core.dice import binarize, dice_per_image, mean_dice
 from result_stat.baselines import BEST_NAME, POOLED_DATALIST, RESULTS_NAME, num_rounds_of
 from result_stat.plot_tensorboard_events import read_scalars, save_png
 from result_stat.prostate_2d_test_only import (
@@ -244,8 +244,10 @@ class Comparison:
 
 
 def compare(method: str, other: str, dice: Sequence[np.ndarray], other_dice: Sequence[np.ndarray]) -> Comparison:
-    """`method - other` from per-seed per-image Dice vectors on the same images (seed i with seed i)."""
+    """`method - other` from per-seed per-image Dice vectors on the same images (seed i with seed i),
+    over the images that have a Dice in every vector (an empty mask has none)."""
     differences = np.stack([np.asarray(a, np.float64) - np.asarray(b, np.float64) for a, b in zip(dice, other_dice)])
+    differences = differences[:, np.isfinite(differences).all(axis=0)]  # images without Dice (empty masks)
     per_seed = differences.mean(axis=1)
     return Comparison(method, other, len(per_seed), float(per_seed.mean()), *t_interval(per_seed),
                       *bootstrap_interval(differences))
@@ -301,8 +303,8 @@ def noise_note(fedavg: float, fedsm_global: float) -> str:
 
 @dataclasses.dataclass
 class MethodResult:
-    """Test Dice of one method in one seed: per image (`dice`) and `{site: (images, mean Dice)}`; the
-    pooled mean is over training sites."""
+    """Test Dice of one method in one seed: per image (`dice`, NaN for an empty mask) and `{site:
+    (images scored, mean Dice)}`; the pooled mean is over training sites."""
 
     name: str
     dice: dict[str, np.ndarray]
@@ -313,7 +315,7 @@ class MethodResult:
 
     @property
     def per_site(self) -> dict[str, tuple[int, float]]:
-        return {site: (len(values), float(np.mean(values)) if len(values) else math.nan)
+        return {site: (int(np.isfinite(values).sum()), mean_dice(torch.as_tensor(values, dtype=torch.float64)))
                 for site, values in self.dice.items()}
 
     def pooled_dice(self, sites: Sequence[str]) -> np.ndarray:

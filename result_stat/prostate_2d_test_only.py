@@ -48,7 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fedsm.config import TrainConfig, resolve_path
-from fedsm.core.dice import binarize, dice_per_image
+from fedsm.core.dice import binarize, dice_per_image, mean_dice
 from fedsm.core.super_model import GLOBAL_MODEL, route_by_confidence
 from fedsm.data.datalist import DataError, check_images_readable, datalist_file, load_datalist
 from fedsm.data.loading import make_loader
@@ -163,8 +163,8 @@ def evaluate_batch(
 
 
 def summarize(site: str, results: ImageResults) -> Summary:
-    """Means over the images of `results` (NaN metrics when there are none; NaN selector accuracy
-    when no image has a known site)."""
+    """Means over the images of `results`: Dice leaves out the NaN of empty masks (`mean_dice`); NaN
+    metrics when there are no images, NaN selector accuracy when no image has a known site."""
     count = len(results)
     if count == 0:
         return Summary(site, 0, math.nan, math.nan, math.nan, math.nan)
@@ -172,8 +172,8 @@ def summarize(site: str, results: ImageResults) -> Summary:
     return Summary(
         site=site,
         images=count,
-        super_dice=float(results.super_dice.mean()),
-        global_dice=float(results.global_dice.mean()),
+        super_dice=mean_dice(torch.from_numpy(results.super_dice)),
+        global_dice=mean_dice(torch.from_numpy(results.global_dice)),
         selector_accuracy=float((results.top == results.own_label)[known].mean()) if known.any() else math.nan,
         personalized_share=float((results.route != GLOBAL_MODEL).mean()),
     )

@@ -235,3 +235,12 @@ def test_trusted_sites_are_those_whose_validation_beats_the_global_model_by_the_
     assert trusted_sites(validation, labels, 0.0) == [0, 1]
     assert trusted_sites(validation, labels, 0.03) == [0]
     assert trusted_sites({**validation, "global": math.nan}, labels, 0.0) == []
+
+
+def test_images_without_dice_are_left_out_of_site_means_pooled_means_and_comparisons():
+    method = gap_report.MethodResult("m", {"a": np.array([0.2, np.nan, 0.4]), "b": np.array([0.9])}, {}, "s")
+    assert method.per_site == {"a": (2, pytest.approx(0.3)), "b": (1, pytest.approx(0.9))}
+    assert gap_report.pooled_mean(method.per_site)[1] == pytest.approx((0.2 + 0.4 + 0.9) / 3)
+    result = gap_report.compare("x", "y", [np.array([0.5, np.nan, 0.7])], [np.array([0.4, np.nan, 0.4])])
+    assert result.difference == pytest.approx(0.2)
+    assert result.bootstrap_low == pytest.approx(0.1) and result.bootstrap_high == pytest.approx(0.3)

@@ -402,3 +402,17 @@ def test_find_server_app_layouts(tmp_path):
         find_server_app(tmp_path / "download" / "job-1" / "workspace" / "app_server" / "config")
     with pytest.raises(FileNotFoundError, match="several server app folders"):
         find_server_app(tmp_path)
+
+
+def test_summarize_leaves_empty_mask_images_out_of_the_dice_means():
+    results = test_only.ImageResults(
+        own_label=np.array([0, 0, 0]), top=np.array([0, 0, 0]), confidence=np.array([0.95, 0.95, 0.95]),
+        route=np.array([0, 0, GLOBAL_MODEL]),
+        super_dice=np.array([0.8, np.nan, 0.6]), global_dice=np.array([0.5, np.nan, 0.6]),
+    )
+    summary = test_only.summarize("s", results)
+    assert summary.images == 3
+    assert summary.super_dice == pytest.approx(0.7) and summary.global_dice == pytest.approx(0.55)
+    only_empty = test_only.ImageResults(**{**vars(results), "super_dice": np.full(3, np.nan),
+                                           "global_dice": np.full(3, np.nan)})
+    assert np.isnan(test_only.summarize("e", only_empty).super_dice)
