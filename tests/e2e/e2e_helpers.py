@@ -4,20 +4,16 @@ import json
 import shutil
 from pathlib import Path
 
+from tiny_runs import tiny_fedsm_overrides
+
 from fedsm.job_config import derive_job
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny_overrides(data: Path, **extra) -> dict:
-    return {
-        "train.dataset_base_dir": str(data / "dataset_2D"),
-        "train.datalist_json_path": str(data / "datalist_2D"),
-        "train.image_size": 32,
-        "train.selector": "light",
-        "server.num_rounds": 2,
-        **extra,
-    }
+    """The tiny job (32x32, light selector, 2 rounds) on `data`: without `extra`, the job of `tiny_run`."""
+    return tiny_fedsm_overrides(data, **extra)
 
 
 def make_job(tmp_path: Path, name: str, overrides: dict) -> Path:
@@ -32,13 +28,15 @@ def client_app(workspace: Path, client: str) -> Path:
     return workspace / client / "simulate_job" / f"app_{client}"
 
 
-def add_fault_filter(job: Path, client: str, fault: str, from_round: int = 0, seconds: float = 0.0) -> None:
+def add_fault_filter(job: Path, client: str, fault: str, from_round: int = 0, seconds: float = 0.0,
+                     release_file: str = "", release_text: str = "") -> None:
     """Ship `fault_injection.CorruptUpdate` with the job and set it as the clients' result filter."""
     shutil.copy(Path(__file__).with_name("fault_injection.py"), job / "app" / "custom" / "fault_injection.py")
     config_file = job / "app" / "config" / "config_fed_client.json"
     config = json.loads(config_file.read_text())
     config["task_result_filters"] = [{"tasks": ["train"], "filters": [
         {"path": "fault_injection.CorruptUpdate", "args": {"client": client, "fault": fault, "from_round": from_round,
-                                                                "seconds": seconds}}
+                                                                "seconds": seconds, "release_file": release_file,
+                                                                "release_text": release_text}}
     ]}]
     config_file.write_text(json.dumps(config, indent=2))

@@ -4,6 +4,7 @@ It works on the FedSM message as the server will read it (`fedsm.flare.messages`
 part DXOs whose arrays are torch tensors."""
 
 import time
+from pathlib import Path
 
 import torch
 from nvflare.apis.dxo import from_shareable
@@ -19,11 +20,15 @@ class CorruptUpdate(Filter):
     """On `client`, from round `from_round` on, apply `fault` to the train result:
     `nan` (NaN in the global diff), `shape` (a wrong selector shape), `dtype` (a float16 personalized
     array), `label` (claims another client's selector label), `stall` (in round `from_round` only, the
-    client stays connected but answers only after `seconds`)."""
+    client stays connected but answers only after `seconds`, or as soon as the file `release_file`
+    holds `release_text`: e.g. once the server's log says it has given up on this client, whose answer
+    then comes late without holding up the end of the run)."""
 
-    def __init__(self, client: str, fault: str = "nan", from_round: int = 0, seconds: float = 0.0):
+    def __init__(self, client: str, fault: str = "nan", from_round: int = 0, seconds: float = 0.0,
+                 release_file: str = "", release_text: str = ""):
         super().__init__()
         self.client, self.fault, self.from_round, self.seconds = client, fault, from_round, seconds
+        self.release_file, self.release_text = release_file, release_text
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if fl_ctx.get_identity_name() != self.client:
@@ -33,7 +38,7 @@ class CorruptUpdate(Filter):
             return shareable
         if self.fault == "stall":
             if collection.meta[AppConstants.CURRENT_ROUND] == self.from_round:
-                time.sleep(self.seconds)
+                self._stall()
             return shareable
         if self.fault == "nan":
             arrays = collection.data[GLOBAL].data
@@ -49,3 +54,16 @@ class CorruptUpdate(Filter):
         elif self.fault == "label":
             collection.meta[LABEL_KEY] = (collection.meta[LABEL_KEY] + 1) % 3
         return collection.update_shareable(shareable)
+
+    def _stall(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline and not self._released():
+            time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
+
+    def _released(self) -> bool:
+        if not (self.release_file and self.release_text):
+            return False
+        try:
+            return self.release_text in Path(self.release_file).read_text(errors="replace")
+        except OSError:  # not written yet
+            return False

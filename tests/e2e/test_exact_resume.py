@@ -1,9 +1,12 @@
 """Exact resume in the simulator: 3 rounds in one run end with the same models as 1 round, then a new
-job resumed from it (`resume_from` + the same `client_state_dir`) for the 2 rounds left."""
+job resumed from it (`resume_from` + the same `client_state_dir`) for the 2 rounds left.
+
+The uninterrupted run goes alongside the other two (`tiny_runs.start_simulator`): nothing here
+depends on timing, as the clients run one after another and every round is seeded."""
 
 import torch
 from e2e_helpers import client_app, make_job, server_app, tiny_overrides
-from tiny_runs import CLIENTS, run_simulator
+from tiny_runs import CLIENTS, finish, start_simulator
 
 from fedsm.io.checkpoint import best_checkpoint_name
 from fedsm.io.client_state import CLIENT_STATE_FILENAME
@@ -13,16 +16,22 @@ ROUNDS, STOP_AFTER = 3, 1
 TOLERANCE = 1e-6
 
 
-def _run(tmp_path, name, data, **overrides):
+def _start(tmp_path, name, data, **overrides):
     """client_adam: the mode where clients hold an Adam for the selector too. Clients one after another:
     updates then reach the streamed float32 sums in one order in every run; with parallel tasks their
     arrival order changes the sums' last bit, and Adam turns that noise into lr-sized steps of the
-    parameters whose true gradient is zero (conv biases before instance or group norm)."""
+    parameters whose true gradient is zero (conv biases before instance or group norm).
+    Returns the workspace and the future of the run (`_finished` waits for it)."""
     job = make_job(tmp_path, f"job_{name}", tiny_overrides(data, **{
         "train.selector_training": "client_adam", "workflow.parallel_tasks": False, **overrides}))
-    result = run_simulator(job, tmp_path / f"ws_{name}")
+    return tmp_path / f"ws_{name}", start_simulator(job, tmp_path / f"ws_{name}")
+
+
+def _finished(started):
+    workspace, run = started
+    result = run.result()
     assert result.returncode == 0, result.stdout[-3000:]
-    return tmp_path / f"ws_{name}"
+    return workspace
 
 
 def _flat(state):
@@ -36,14 +45,18 @@ def _flat(state):
 
 def test_resumed_job_ends_with_the_models_of_an_uninterrupted_run(tiny_data, tmp_path):
     states = tmp_path / "client_states"
-    whole = _run(tmp_path, "whole", tiny_data, **{"server.num_rounds": ROUNDS})
-    first = _run(tmp_path, "first", tiny_data, **{"server.num_rounds": STOP_AFTER,
-                                                  "train.client_state_dir": str(states)})
-    for client in CLIENTS:  # one subfolder per client, though all share the configured path
-        assert torch.load(states / client / CLIENT_STATE_FILENAME, weights_only=True)["round"] == STOP_AFTER - 1
-    rest = _run(tmp_path, "rest", tiny_data, **{
-        "server.num_rounds": ROUNDS, "train.client_state_dir": str(states),
-        "server.resume_from": str(server_app(first) / "fedsm_state.pt")})
+    uninterrupted = _start(tmp_path, "whole", tiny_data, **{"server.num_rounds": ROUNDS})
+    try:
+        first = _finished(_start(tmp_path, "first", tiny_data, **{"server.num_rounds": STOP_AFTER,
+                                                                  "train.client_state_dir": str(states)}))
+        for client in CLIENTS:  # one subfolder per client, though all share the configured path
+            assert torch.load(states / client / CLIENT_STATE_FILENAME, weights_only=True)["round"] == STOP_AFTER - 1
+        rest = _finished(_start(tmp_path, "rest", tiny_data, **{
+            "server.num_rounds": ROUNDS, "train.client_state_dir": str(states),
+            "server.resume_from": str(server_app(first) / "fedsm_state.pt")}))
+        whole = _finished(uninterrupted)
+    finally:
+        finish([uninterrupted[1]])
     for client in CLIENTS:
         log = (rest / client / "log.txt").read_text()
         assert f"restored client state of round {STOP_AFTER - 1} from {states / client}" in log, client

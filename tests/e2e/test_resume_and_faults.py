@@ -1,4 +1,7 @@
-"""Resuming a run from its persisted state, and updates the server must reject, in the simulator."""
+"""Resuming a run from its persisted state, and updates the server must reject, in the simulator.
+
+The runs of the tests before the last go side by side (`runs`); the last test races a train timeout
+and has the machine to itself."""
 
 import pytest
 import torch
@@ -10,9 +13,11 @@ from e2e_helpers import (
     tiny_overrides,
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny_runs import CLIENTS, run_simulator
+from tiny_runs import CLIENTS, finish, run_simulator, settle, start_simulator
 
 METRICS = ("val_metric_global_model", "val_metric_person_model", "val_metric_select_model")
+BAD_UPDATES = {"nan": "NaN/Inf", "label": "is not the label of"}  # fault -> the reason the server logs
+TRAIN_TIMEOUT = 35  # s; round 0 (which also starts the client workers) takes about 20 s on 2 cores
 
 
 def _scalar(app_dir, tag):
@@ -21,50 +26,113 @@ def _scalar(app_dir, tag):
     return {e.step: e.value for e in accumulator.Scalars(tag)}
 
 
-def test_restarted_run_continues_at_next_round_with_identical_models(tiny_data, tmp_path):
-    first = run_simulator(make_job(tmp_path, "job2", tiny_overrides(tiny_data)), tmp_path / "ws2")
-    assert first.returncode == 0
-    state_file = server_app(tmp_path / "ws2") / "fedsm_state.pt"
-    saved = torch.load(state_file, weights_only=True)
-    job = make_job(tmp_path, "job3", tiny_overrides(tiny_data, **{"server.num_rounds": 3,
-                                                                  "server.resume_from": str(state_file)}))
-    resumed = run_simulator(job, tmp_path / "ws3")
+def _resumed_job(tmp_path, data, request):
+    """The tiny job for 3 rounds, resumed from the state `tiny_run` (2 rounds) ended with."""
+    state_file = server_app(request.getfixturevalue("tiny_run").workspace) / "fedsm_state.pt"
+    return make_job(tmp_path, "job", tiny_overrides(data, **{"server.num_rounds": 3,
+                                                             "server.resume_from": str(state_file)}))
+
+
+def _bad_update_job(fault):
+    def make(tmp_path, data, request):
+        job = make_job(tmp_path, "job", tiny_overrides(data))
+        add_fault_filter(job, "client_MSD", fault, from_round=1)
+        return job
+    return make
+
+
+def _disagreeing_min_clients_job(tmp_path, data, request):
+    return make_job(tmp_path, "job", tiny_overrides(data, **{"workflow.min_clients": 3, "meta.min_clients": 2}))
+
+
+# each test (as pytest names it) -> (the job it runs, made in a folder from the data; the run's timeout in s)
+JOBS = {
+    "test_restarted_run_continues_at_next_round_with_identical_models": (_resumed_job, 300),
+    **{f"test_bad_update_is_excluded_and_the_others_aggregate[{fault}]": (_bad_update_job(fault), 300)
+       for fault in BAD_UPDATES},
+    "test_min_clients_of_the_workflow_and_meta_must_agree": (_disagreeing_min_clients_job, 180),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(request, tiny_data, tmp_path_factory) -> dict:
+    """test name -> (workspace, future of the run) for the selected tests of `JOBS`: their runs start
+    together (`tiny_runs.start_simulator`, in the tests' order); each test waits for its own. A job that
+    cannot be made is its test's error (its entry holds the exception)."""
+    started = {}
+    for item in request.session.items:
+        if item.module is request.module and item.name in JOBS:
+            make, timeout = JOBS[item.name]
+            tmp = tmp_path_factory.mktemp("resume_and_faults")
+            try:
+                job = make(tmp, tiny_data, request)
+            except Exception as error:  # noqa: BLE001 - reported by the test it belongs to
+                started[item.name] = error
+                continue
+            started[item.name] = (tmp / "ws", start_simulator(job, tmp / "ws", timeout=timeout))
+    yield started
+    finish([entry[1] for entry in started.values() if isinstance(entry, tuple)])
+
+
+def _run_of(runs: dict, request):
+    """(workspace, result) of the run of the test asking, once it is over."""
+    entry = runs[request.node.name]
+    if isinstance(entry, Exception):
+        raise entry
+    workspace, future = entry
+    return workspace, future.result()
+
+
+def test_restarted_run_continues_at_next_round_with_identical_models(runs, request, tiny_run):
+    # the first run: the 2-round tiny job, `tiny_run` (shared with other tests; only read here); the
+    # resumed one: `_resumed_job`
+    first_workspace = tiny_run.workspace
+    saved = torch.load(server_app(first_workspace) / "fedsm_state.pt", weights_only=True)
+    workspace, resumed = _run_of(runs, request)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0 and "at round 2" in log and "Round 0 of" not in log
     assert "Round 2 of 3 started" in log
     for client in CLIENTS:
         for tag in METRICS:
-            before = _scalar(client_app(tmp_path / "ws2", client), tag)
-            after = _scalar(client_app(tmp_path / "ws3", client), tag)
+            before = _scalar(client_app(first_workspace, client), tag)
+            after = _scalar(client_app(workspace, client), tag)
             # the first run's final validation and the resumed run's round-2 validation see the same models
             assert sorted(after) == [2, 3]
             assert after[2] == pytest.approx(before[2], abs=1e-6), (client, tag)
-    final = torch.load(server_app(tmp_path / "ws3") / "fedsm_state.pt", weights_only=True)
+    final = torch.load(server_app(workspace) / "fedsm_state.pt", weights_only=True)
     assert final["next_round"] == 3 and float(final["selector_moments"]["step"]) == 3.0
     assert float(saved["selector_moments"]["step"]) == 2.0
 
 
-@pytest.mark.parametrize("fault, reason", [("nan", "NaN/Inf"), ("label", "is not the label of")])
-def test_bad_update_is_excluded_and_the_others_aggregate(tiny_data, tmp_path, fault, reason):
-    job = make_job(tmp_path, "job", tiny_overrides(tiny_data))
-    add_fault_filter(job, "client_MSD", fault, from_round=1)
-    result = run_simulator(job, tmp_path / "ws")
+@pytest.mark.parametrize("fault", list(BAD_UPDATES))
+def test_bad_update_is_excluded_and_the_others_aggregate(runs, request, fault):
+    workspace, result = _run_of(runs, request)  # the job: `_bad_update_job(fault)`
     log = result.stdout + result.stderr
     assert result.returncode == 0
-    assert "update of client_MSD rejected in round 1" in log and reason in log
+    assert "update of client_MSD rejected in round 1" in log and BAD_UPDATES[fault] in log
     assert "aggregated ['client_I2CVB', 'client_NCI_ISBI_3T']" in log
-    state = torch.load(server_app(tmp_path / "ws") / "fedsm_state.pt", weights_only=True)
+    state = torch.load(server_app(workspace) / "fedsm_state.pt", weights_only=True)
     assert state["next_round"] == 2
     assert all(torch.isfinite(t).all() for t in state["global"].values())
 
 
+def test_min_clients_of_the_workflow_and_meta_must_agree(runs, request):
+    _, result = _run_of(runs, request)  # the job: `_disagreeing_min_clients_job`
+    assert "min_clients is 3 in config_fed_server.json but 2 in meta.json" in result.stdout
+    assert "Round 0 of" not in result.stdout
+
+
 def test_a_client_that_never_answers_costs_one_timeout_not_the_run(tiny_data, tmp_path):
-    """client_MSD stays connected but answers round 1 only after 60 s; with train_timeout 45 s the round
-    ends at the timeout, the others aggregate, and client_MSD's personalized model is unchanged (the
-    timeout counts from the task's creation, so round 0 leaves the simulator time to start the clients)."""
-    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"workflow.train_timeout": 45,
+    """client_MSD stays connected but answers round 1 only once the server has given up on it (its log
+    says so; at most 120 s), a late answer; with train_timeout 35 s the round ends at the timeout, the
+    others aggregate, and client_MSD's personalized model is unchanged (the timeout counts from the
+    task's creation, so round 0 leaves the simulator time to start the clients)."""
+    settle()  # round 0 must beat the train timeout: no other run may share the machine
+    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"workflow.train_timeout": TRAIN_TIMEOUT,
                                                                  "workflow.validate_final_models": False}))
-    add_fault_filter(job, "client_MSD", "stall", from_round=1, seconds=60)
+    add_fault_filter(job, "client_MSD", "stall", from_round=1, seconds=120,
+                     release_file=str(tmp_path / "ws" / "server" / "log.txt"),  # the simulator server's log
+                     release_text="no result from client_MSD for task 'train' in round 1")
     result = run_simulator(job, tmp_path / "ws")
     log = result.stdout
     assert result.returncode == 0
@@ -76,10 +144,3 @@ def test_a_client_that_never_answers_costs_one_timeout_not_the_run(tiny_data, tm
         same = all(torch.equal(after["personalized"][client][name], tensor)
                    for name, tensor in before["personalized"][client].items())
         assert same == (client == "client_MSD"), client
-
-
-def test_min_clients_of_the_workflow_and_meta_must_agree(tiny_data, tmp_path):
-    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"workflow.min_clients": 3, "meta.min_clients": 2}))
-    result = run_simulator(job, tmp_path / "ws", timeout=180)
-    assert "min_clients is 3 in config_fed_server.json but 2 in meta.json" in result.stdout
-    assert "Round 0 of" not in result.stdout

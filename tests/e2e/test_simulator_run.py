@@ -1,5 +1,8 @@
-"""The FedSM job, end to end in the NVFlare simulator on tiny synthetic data."""
+"""The FedSM job, end to end in the NVFlare simulator on tiny synthetic data.
 
+`finished_run` (tests/e2e/conftest.py) is the tiny job as it ships, run once for the session."""
+
+import json
 import subprocess
 import sys
 
@@ -11,15 +14,6 @@ from tiny_runs import CLIENTS, run_simulator
 
 TAGS = {"val_metric_global_model", "val_metric_person_model", "val_metric_select_model", "train_loss",
         "train_loss_personalized", "train_loss_selector"}
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    job = make_job(tmp, "job", tiny_overrides(tiny_data))
-    result = run_simulator(job, tmp / "ws")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return tmp / "ws", result.stdout + result.stderr
 
 
 def _scalars(app_dir):
@@ -85,11 +79,16 @@ def test_test_only_evaluation_prints_dice_table(finished_run):
 
 
 @pytest.mark.parametrize("selector_training", ["server_adam", "client_adam_on_server"])
-def test_gradient_upload_selector_training_runs(tiny_data, tmp_path, selector_training):
-    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"train.selector_training": selector_training}))
-    result = run_simulator(job, tmp_path / "ws")
-    log = result.stdout + result.stderr
-    assert result.returncode == 0 and "rejected" not in log
-    state = torch.load(server_app(tmp_path / "ws") / "fedsm_state.pt", weights_only=True)
+def test_gradient_upload_selector_training_runs(tiny_data, tiny_run, tmp_path, selector_training):
+    shipped = json.loads((tiny_run.job / "app" / "config" / "config_train.json").read_text())["selector_training"]
+    if selector_training == shipped:  # the job's own mode: `tiny_run` is this very job, already run
+        workspace, returncode, log = tiny_run.workspace, 0, tiny_run.output
+    else:
+        job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"train.selector_training": selector_training}))
+        workspace = tmp_path / "ws"
+        result = run_simulator(job, workspace)
+        returncode, log = result.returncode, result.stdout + result.stderr
+    assert returncode == 0 and "rejected" not in log
+    state = torch.load(server_app(workspace) / "fedsm_state.pt", weights_only=True)
     assert float(state["selector_moments"]["step"]) == 2.0
     assert all(torch.isfinite(t).all() for t in state["selector"].values())

@@ -4,14 +4,16 @@ Synthetic data (3 cases per site, 32x32 slices, plus the held-out UNSEEN site), 
 the NVFlare simulator (2 rounds), the centralized and local baselines (2 rounds x 1 epoch), then the
 gap report (with the FedSM run given a second time as a variant, to exercise that path cheaply, and
 the routed-by-validation row), and a second report that takes every run twice, as two seeds.
+
+The data and the FedSM run are the session's shared ones (`tiny_runs.shared_tiny_data`,
+`shared_fedsm_run`: the tiny job with these settings), which the e2e tests read too.
 """
 
 import dataclasses
 import json
 from pathlib import Path
 
-from fedsm.job_config import derive_job
-from tiny_runs import CLIENTS, make_tiny_data, run_simulator
+from tiny_runs import CLIENTS, run_simulator, shared_fedsm_run, shared_tiny_data
 
 from result_stat import baselines, gap_report
 from result_stat.fedavg_job import derive_fedavg_job
@@ -56,21 +58,19 @@ def tiny_study(tmp_path_factory) -> TinyStudy:
     if "study" in _CACHE:
         return _CACHE["study"]
     root = tmp_path_factory.mktemp("gap_study")
-    data = make_tiny_data(root / "data", with_unseen=True)
-    overrides = {
-        "train.dataset_base_dir": str(data / "dataset_2D"),
-        "train.datalist_json_path": str(data / "datalist_2D"),
-        "train.image_size": SIZE,
-        "train.selector": "light",
-        "server.num_rounds": ROUNDS,
-    }
-    fedsm_job = derive_job(REPO / "jobs" / "fedsm_prostate", root / "fedsm_job", overrides)
+    data = shared_tiny_data(tmp_path_factory)  # 3 cases per site and UNSEEN
+    fedsm = shared_fedsm_run(tmp_path_factory)  # the FedSM job on it: 32x32, light selector, 2 rounds
+    train_config = json.loads((fedsm.job / "app" / "config" / "config_train.json").read_text())
+    server_config = json.loads((fedsm.job / "app" / "config" / "config_fed_server.json").read_text())
+    assert (train_config["image_size"], train_config["selector"], server_config["num_rounds"]) == \
+        (SIZE, "light", ROUNDS), "the shared FedSM run is not the study's"
+    assert Path(train_config["datalist_json_path"]) == data / "datalist_2D"
+    fedsm_job = fedsm.job
     fedavg_job = derive_fedavg_job(REPO / "jobs" / "fedavg_prostate", root / "fedavg_job",
                                    {"server.num_rounds": ROUNDS},
                                    train_config_from=fedsm_job / "app" / "config" / "config_train.json")
-    study = TinyStudy(root, data, fedsm_job, fedavg_job, root / "fedsm_ws", root / "fedavg_ws",
+    study = TinyStudy(root, data, fedsm_job, fedavg_job, fedsm.workspace, root / "fedavg_ws",
                       root / "centralized", root / "local", root / "report", root / "seeds_report")
-    _simulate(fedsm_job, study.fedsm_ws)
     _simulate(fedavg_job, study.fedavg_ws)
     baselines.main(["centralized", "--job", str(fedsm_job), "--output", str(study.centralized)])
     baselines.main(["local", "--job", str(fedsm_job), "--output", str(study.local)])
