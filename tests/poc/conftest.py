@@ -3,12 +3,18 @@
 from pathlib import Path
 
 import pytest
-from tiny_runs import make_tiny_data
+from tiny_runs import make_tiny_data, settle
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "poc: starts a real NVFlare POC federation (server and client processes); "
                                        "slow, deselect with -m 'not poc'")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet_machine():
+    """No simulator run of another module goes on beside these tests: several of them race timeouts."""
+    settle()
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,21 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from poc_run import CLIENTS, PocError, PocFederation, make_job  # noqa: E402
 
-__all__ = ["CLIENTS", "PocError", "PocFederation", "REPO", "add_result_filters", "kill", "listening_addresses", "make_job",
-           "run_simulator", "scalars", "site_processes", "tiny_job", "wait_for_line"]
+__all__ = ["CLIENTS", "POC_SETTINGS", "PocError", "PocFederation", "REPO", "add_result_filters", "kill",
+           "listening_addresses", "make_job", "run_simulator", "scalars", "site_processes", "tiny_job", "wait_for_job",
+           "wait_for_line"]
+
+# One torch thread per client. A POC client is a host of its own to NVFlare, so `torch_threads: 0` (auto)
+# gives each client process every core; three of them on a small test machine then oversubscribe the
+# CPU, and OpenMP's spinning threads make a tiny round take many times as long. (In the simulator, auto
+# already shares the cores among the clients.)
+POC_SETTINGS = {"train.torch_threads": 1}
 
 
 def tiny_job(destination: Path, data: Path, **overrides) -> Path:
-    """A 32x32, light-selector job on `data` that ships its code (BYOC)."""
-    return make_job(destination, data, {"train.image_size": 32, "server.num_rounds": 2, **overrides}, "byoc")
+    """A 32x32, light-selector job on `data` that ships its code (BYOC), one torch thread per client."""
+    return make_job(destination, data, {"train.image_size": 32, "server.num_rounds": 2, **POC_SETTINGS, **overrides},
+                    "byoc")
 
 
 def run_simulator(job: Path, workspace: Path, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
@@ -73,6 +81,31 @@ def kill(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _ended(status: str) -> bool:
+    return status.startswith("FINISHED") or status in ("ABANDONED", "FAILED")  # as PocFederation.wait
+
+
+def wait_for_job(federation: PocFederation, job_id: str, timeout: float, end_line: str = "FedSM finished.",
+                 status_every: float = 30.0) -> str:
+    """The job's final status, as `federation.wait` returns it, without that method's polling while the
+    job runs: each poll (`nvflare job meta`) is a new Python process that takes seconds of CPU from the
+    job on a small machine. Until the server's job log shows `end_line` (the workflow is over), only that
+    file is read, and the status asked every `status_every` s (a job may end without the line); then the
+    status is polled until NVFlare reports the end."""
+    deadline = time.monotonic() + timeout
+    log, ask_at = federation.server_job_log(job_id), time.monotonic() + status_every
+    while time.monotonic() < deadline:
+        if log.is_file() and end_line in log.read_text(errors="replace"):
+            break
+        if time.monotonic() >= ask_at:
+            status = federation.job_status(job_id)
+            if _ended(status):
+                return status
+            ask_at = time.monotonic() + status_every
+        time.sleep(0.5)
+    return federation.wait(job_id, timeout=max(deadline - time.monotonic(), 1.0), poll=0.5)
 
 
 def wait_for_line(path: Path, text: str, timeout: float) -> None:

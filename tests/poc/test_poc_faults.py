@@ -10,10 +10,13 @@ import torch
 from fedsm.config import TrainConfig
 from fedsm.flare.persistor import initial_model_set
 from poc_helpers import (CLIENTS, PocError, PocFederation, kill, listening_addresses, scalars, site_processes, tiny_job,
-                         wait_for_line)
+                         wait_for_job, wait_for_line)
 
 pytestmark = pytest.mark.poc
-TRAIN_TIMEOUT = 40  # seconds a client may take per task: a crashed client holds each round up this long
+# seconds a client may take per task: a crashed client holds each round up this long. The live clients
+# must answer round 0 within it, counted from the task's creation (their job processes have started by
+# then): validation and training of the tiny job, seconds with one torch thread each (`tiny_job`).
+TRAIN_TIMEOUT = 25
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def test_client_site_crash_mid_round_the_others_finish_the_run(federation, poc_d
     wait_for_line(federation.client_job_log("client_MSD", job_id), "round 0 validation", timeout=180)
     crashed = site_processes(federation, "client_MSD")
     kill(crashed)
-    status = federation.wait(job_id, timeout=300)
+    status = wait_for_job(federation, job_id, timeout=300)
     # NVFlare marks the job ABNORMAL because the crashed site never reports its end; all rounds ran
     assert status.startswith("FINISHED"), status
     results = federation.download(job_id, tmp_path / "download") / "workspace"
@@ -82,7 +85,7 @@ def test_server_killed_between_rounds_a_resumed_job_continues_from_the_saved_rou
 
     resumed_job = tiny_job(tmp_path / "resumed", poc_data, **{"server.resume_from": str(state_file)})
     resumed_id = _submit_when_server_is_back(federation, resumed_job)
-    assert federation.wait(resumed_id, timeout=300) == "FINISHED:COMPLETED"
+    assert wait_for_job(federation, resumed_id, timeout=300) == "FINISHED:COMPLETED"
     results = federation.download(resumed_id, tmp_path / "download") / "workspace"
     log = (results / "log.txt").read_text()
     assert f"resuming from {state_file} at round 1" in log
