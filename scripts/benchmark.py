@@ -3,8 +3,8 @@
 Prints, per round, the wall time split into clients busy (first validation start to last training
 end; the slowest client's train and validate times beside it) / communicate / aggregate+persist, the
 MB per client moved down and up (as they travel, after any filter), and each process's RSS at the
-round's end and its peak so far (server and every client); then the peak total RSS of the whole
-simulator process tree, sampled every 0.2 s.
+round's end and its peak so far (server and every client), on CUDA each client's peak GPU memory
+of the round; then the peak total RSS of the whole simulator process tree, sampled every 0.2 s.
 
     python scripts/benchmark.py --rounds 3 --set train.image_size=256 --set train.selector=vgg11
     python scripts/benchmark.py --rounds 3 --quantize float16     # NVFlare's ModelQuantizer both ways
@@ -28,19 +28,23 @@ COST_LINE = re.compile(
     r"Round (?P<round>\d+) cost: wall (?P<wall>[\d.]+) s, clients busy (?P<busy>[\d.]+) s \(slowest client validate "
     r"(?P<validate>[\d.]+) s train (?P<train>[\d.]+) s\), aggregate\+persist (?P<aggregate>[\d.]+) s, "
     r"communicate (?P<communicate>[\d.]+) s; "
-    r"per client down (?P<down>[\d.]+) MB up (?P<up>[\d.]+) MB; memory GiB now/peak: (?P<memory>.*)$", re.MULTILINE
+    r"per client down (?P<down>[\d.]+) MB up (?P<up>[\d.]+) MB; memory GiB now/peak: (?P<memory>[^;\n]*)"
+    r"(?:; GPU peak GiB: (?P<gpu>.*))?$", re.MULTILINE
 )
 MEMORY_ITEM = re.compile(r"(?P<name>[\w.-]+) (?P<rss>[\d.]+)/(?P<peak>[\d.]+)")
+GPU_ITEM = re.compile(r"(?P<name>[\w.-]+) (?P<peak>[\d.]+)")
 
 
 
 def round_costs(log: str) -> list[dict]:
     """The `Round N cost:` lines of a server log, as dicts of numbers; `memory` maps each process
-    (server, clients) to its (RSS now, peak) in GiB."""
+    (server, clients) to its (RSS now, peak) in GiB, `gpu` each client to its round's peak GPU memory
+    in GiB (empty off CUDA)."""
     costs = []
     for match in COST_LINE.finditer(log):
-        cost = {k: float(v) for k, v in match.groupdict().items() if k != "memory"}
+        cost = {k: float(v) for k, v in match.groupdict().items() if k not in ("memory", "gpu")}
         cost["memory"] = {m["name"]: (float(m["rss"]), float(m["peak"])) for m in MEMORY_ITEM.finditer(match["memory"])}
+        cost["gpu"] = {m["name"]: float(m["peak"]) for m in GPU_ITEM.finditer(match["gpu"] or "")}
         costs.append(cost)
     return costs
 
@@ -87,6 +91,10 @@ def format_report(costs: list[dict], peak_rss: int, peak_single: int) -> str:
     for c in costs:
         lines.append(f"{int(c['round']):>5} " + ", ".join(f"{name} {rss:.2f}/{peak:.2f}"
                                                          for name, (rss, peak) in c["memory"].items()))
+    if any(c["gpu"] for c in costs):
+        lines.append("peak GPU memory per client in the round, GiB:")
+        lines.extend(f"{int(c['round']):>5} " + ", ".join(f"{name} {peak:.2f}" for name, peak in c["gpu"].items())
+                     for c in costs)
     lines.append(f"peak total RSS of the process tree: {peak_rss / gib:.2f} GiB "
                  f"(largest single process: {peak_single / gib:.2f} GiB)")
     return "\n".join(lines)

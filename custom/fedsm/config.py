@@ -31,6 +31,8 @@ class TrainConfig:
     torch_threads: int = 0
     seed: int = 0
     client_state_dir: str = ""  # client optimizers and best metric, "" = the app folder; see README "Resuming"
+    amp: bool = False  # bfloat16 autocast of forward passes, CUDA only (changes numerics)
+    channels_last: bool = False  # channels_last memory format of models and batches, CUDA only
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config_train.json") -> "TrainConfig":
@@ -45,8 +47,9 @@ class TrainConfig:
         kwargs = {}
         for name, value in values.items():
             kind = fields[name].type
-            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else kind):
-                raise ValueError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
+            if not _is_json_of(kind, value):
+                expected = "true or false" if kind is bool else kind.__name__
+                raise ValueError(f"{source}: '{name}' must be {expected}, got {value!r}")
             kwargs[name] = kind(value)
         config = cls(**kwargs)
         config._check_ranges(source)
@@ -82,6 +85,13 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _is_json_of(kind: type, value: Any) -> bool:
+    """Whether a JSON value is of a field's type: only true/false are bools, an integer is also a float."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 def resolve_path(value: str, setting: str) -> Path:

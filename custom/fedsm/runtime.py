@@ -1,5 +1,7 @@
 """Where a process runs: its torch device and CPU threads, and whether it is the NVFlare simulator."""
 
+import contextlib
+import dataclasses
 import os
 
 import torch
@@ -18,3 +20,28 @@ def cpu_threads(configured: int, clients_on_this_host: int) -> int:
     if configured > 0:
         return configured
     return max(1, (os.cpu_count() or 1) // max(1, clients_on_this_host))
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuOptions:
+    """What `amp` and `channels_last` of config_train.json turn on; both act on CUDA only (`gpu_options`)."""
+
+    amp: bool = False
+    channels_last: bool = False
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context of forward passes: bfloat16 autocast with `amp` (no loss scaling needed), else none."""
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The memory format of models and image batches."""
+        return torch.channels_last if self.channels_last else torch.preserve_format
+
+
+def gpu_options(amp: bool, channels_last: bool, device: torch.device) -> tuple[GpuOptions, str | None]:
+    """The options in effect on `device`, and, where configured ones are ignored (off CUDA), why."""
+    if device.type == "cuda":
+        return GpuOptions(amp, channels_last), None
+    ignored = " and ".join(repr(name) for name, on in (("amp", amp), ("channels_last", channels_last)) if on)
+    return GpuOptions(), f"config_train.json: {ignored} ignored on {device.type} (CUDA only)" if ignored else None

@@ -7,24 +7,35 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from .core.dice import binarize, dice_per_image, mean_dice
+from .runtime import GpuOptions
+
+NO_GPU_OPTIONS = GpuOptions()
 
 
-def _batches(loader: Iterable, device: torch.device):
+def _batches(loader: Iterable, device: torch.device, options: GpuOptions):
     for batch in loader:
-        yield batch["image"].to(device), batch["label"].to(device)
+        yield batch["image"].to(device, memory_format=options.memory_format), batch["label"].to(device)
+
+
+def _forward(model: nn.Module, images: torch.Tensor, options: GpuOptions) -> torch.Tensor:
+    """`model(images)` under the options' autocast, returned in at least float32 (for losses and metrics)."""
+    with options.autocast():
+        output = model(images)
+    return output.to(torch.promote_types(output.dtype, torch.float32))
 
 
 def train_segmentation(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, epochs: int, device: torch.device
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, epochs: int, device: torch.device,
+    options: GpuOptions = NO_GPU_OPTIONS,
 ) -> tuple[float, int]:
     """Train a UNet with sigmoid Dice loss; returns (mean loss, number of optimizer steps)."""
     loss_function = DiceLoss(sigmoid=True)
     model.train()
     total, steps = 0.0, 0
     for _ in range(epochs):
-        for images, labels in _batches(loader, device):
+        for images, labels in _batches(loader, device, options):
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_function(model(images), labels)
+            loss = loss_function(_forward(model, images, options), labels)
             loss.backward()
             optimizer.step()
             total += loss.item()
@@ -32,7 +43,8 @@ def train_segmentation(
     return total / max(steps, 1), steps
 
 
-def selector_full_batch_gradient(model: nn.Module, loader: Iterable, label: int, device: torch.device) -> float:
+def selector_full_batch_gradient(model: nn.Module, loader: Iterable, label: int, device: torch.device,
+                                 options: GpuOptions = NO_GPU_OPTIONS) -> float:
     """Leave in `model`'s `.grad` the cross-entropy gradient summed over all images of `loader` (every
     image carries this site's `label`), as the reference accumulates it; returns the mean loss.
 
@@ -42,9 +54,9 @@ def selector_full_batch_gradient(model: nn.Module, loader: Iterable, label: int,
     model.train()
     model.zero_grad(set_to_none=True)
     total, count = 0.0, 0
-    for images, _ in _batches(loader, device):
+    for images, _ in _batches(loader, device, options):
         targets = torch.full((images.shape[0],), label, dtype=torch.long, device=device)
-        loss = loss_function(model(images), targets)
+        loss = loss_function(_forward(model, images, options), targets)
         loss.backward()
         total += loss.item()
         count += images.shape[0]
@@ -60,33 +72,37 @@ def train_selector_full_batch(
     label: int,
     epochs: int,
     device: torch.device,
+    options: GpuOptions = NO_GPU_OPTIONS,
 ) -> float:
     """Full-batch selector training: per epoch, the full-batch gradient, then one optimizer step.
     Returns the mean loss."""
     losses = []
     for _ in range(epochs):
-        losses.append(selector_full_batch_gradient(model, loader, label, device))
+        losses.append(selector_full_batch_gradient(model, loader, label, device, options))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # the selector's gradients can be large (VGG11: 0.5 GB)
     return sum(losses) / len(losses)
 
 
 @torch.no_grad()
-def validate_segmentation(model: nn.Module, loader: Iterable, device: torch.device) -> float:
+def validate_segmentation(model: nn.Module, loader: Iterable, device: torch.device,
+                          options: GpuOptions = NO_GPU_OPTIONS) -> float:
     """Mean foreground Dice over the images of `loader` (images with an empty mask have none)."""
     model.eval()
-    scores = [dice_per_image(binarize(model(images)), labels) for images, labels in _batches(loader, device)]
+    scores = [dice_per_image(binarize(_forward(model, images, options)), labels)
+              for images, labels in _batches(loader, device, options)]
     return mean_dice(torch.cat(scores)) if scores else float("nan")
 
 
 @torch.no_grad()
-def validate_selector(model: nn.Module, loader: Iterable, label: int, device: torch.device) -> tuple[float, float]:
+def validate_selector(model: nn.Module, loader: Iterable, label: int, device: torch.device,
+                      options: GpuOptions = NO_GPU_OPTIONS) -> tuple[float, float]:
     """Accuracy (share of the images of `loader` assigned to `label`) and confidence (mean softmax
     probability of `label`, which the super model's threshold acts on)."""
     model.eval()
     hits, confidence, count = 0, 0.0, 0
-    for images, _ in _batches(loader, device):
-        logits = model(images)
+    for images, _ in _batches(loader, device, options):
+        logits = _forward(model, images, options)
         hits += (logits.argmax(dim=1) == label).sum().item()
         confidence += torch.softmax(logits, dim=1)[:, label].sum().item()
         count += images.shape[0]

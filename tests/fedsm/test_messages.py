@@ -15,8 +15,8 @@ from nvflare.app_opt.pt.quantization.quantizer import ModelQuantizer
 from nvflare.fuel.utils import fobs
 
 from fedsm.core.selector_update import SelectorUpload, expected_moment_shapes
-from fedsm.flare.messages import (CONTENT_KEY, LABEL_KEY, NUM_VALIDATION_KEY, SECONDS_KEY, FedSMTask, FedSMUpdate,
-                                  MessageError, split_into_pieces, update_shapes, wire_bytes)
+from fedsm.flare.messages import (CONTENT_KEY, LABEL_KEY, MAX_BYTES, MEMORY_KEY, NUM_VALIDATION_KEY, SECONDS_KEY,
+                                  FedSMTask, FedSMUpdate, MessageError, split_into_pieces, update_shapes, wire_bytes)
 from fedsm.tags import GLOBAL_METRIC, METRIC_TAGS
 
 KIB = 1024
@@ -213,6 +213,12 @@ def _replace_with_pieces(part, name, count):
     (lambda parts, meta: parts.pop("metrics"), r"no METRICS part"),
     (_set_meta(SECONDS_KEY, {"validate": "1.5"}), rf"'{SECONDS_KEY}.validate' must be a number in"),
     (_set_meta(SECONDS_KEY, {"sleep": 1.0}), rf"'{SECONDS_KEY}' must map some of"),
+    (_set_meta(MEMORY_KEY, {"rss": 1, "gpu_peak": "1"}), rf"'{MEMORY_KEY}' must map some of"),
+    (_set_meta(MEMORY_KEY, {"gpu_peak": 1.5}), rf"'{MEMORY_KEY}' must map some of"),
+    (_set_meta(MEMORY_KEY, {"gpu_peak": True}), rf"'{MEMORY_KEY}' must map some of"),
+    (_set_meta(MEMORY_KEY, {"gpu_peak": -1}), rf"'{MEMORY_KEY}' must map some of"),
+    (_set_meta(MEMORY_KEY, {"gpu_peak": MAX_BYTES}), rf"'{MEMORY_KEY}' must map some of"),
+    (_set_meta(MEMORY_KEY, {"gpu": 1}), rf"'{MEMORY_KEY}' must map some of"),
     (_set_meta(LABEL_KEY, True), rf"'{LABEL_KEY}' must be an integer"),
     (_set_meta(NUM_VALIDATION_KEY, -1), rf"'{NUM_VALIDATION_KEY}' must be an integer in"),
     (_set_meta(AppConstants.CURRENT_ROUND, 2.0), rf"'{AppConstants.CURRENT_ROUND}' must be an integer"),
@@ -222,6 +228,15 @@ def test_a_reply_breaking_the_contract_is_rejected_naming_part_and_array(mutate,
     mutate(_parts(shareable), shareable["DXO"]["meta"])
     with pytest.raises(MessageError, match=message):
         FedSMUpdate.from_shareable(shareable, _shapes())
+
+
+@pytest.mark.parametrize("memory", [{}, {"rss": 2**30, "peak": 2**31},
+                                    {"rss": 2**30, "peak": 2**31, "gpu_peak": 40 * 2**30}, {"gpu_peak": 0}])
+def test_memory_meta_with_or_without_the_gpu_peak_arrives_as_sent(memory):
+    update = _update()
+    update.memory = memory
+    received = FedSMUpdate.from_shareable(_over_the_wire(update.to_shareable(piece_bytes=PIECE)), _shapes())
+    assert received.memory == memory
 
 
 def test_a_message_that_is_no_fedsm_collection_is_rejected():

@@ -68,7 +68,9 @@ NUM_VALIDATION_KEY = "fedsm_num_validation_images"
 SECONDS_KEY = "fedsm_seconds"  # {"validate": s, "train": s, "busy_from"/"busy_until": the client's clock}
 START_ERROR_HEADER = "fedsm_start_error"  # reply header: why the client could not start
 SECONDS_FIELDS = ("validate", "train", "busy_from", "busy_until")
-MEMORY_KEY = "fedsm_memory"  # {"rss": bytes now, "peak": the process's peak RSS}, for the round's cost line
+MEMORY_KEY = "fedsm_memory"  # byte counts for the round's cost line, some of MEMORY_FIELDS:
+MEMORY_FIELDS = ("rss", "peak", "gpu_peak")  # RSS now, the process's peak RSS, on CUDA the round's GPU peak
+MAX_BYTES = 2**50
 MAX_PARTS_NAMES = 100_000  # a part with more names than this is not a model of ours
 
 _PIECE = re.compile(r"(?P<name>.+)#(?P<index>0|[1-9][0-9]{0,8})", re.ASCII)  # canonical indices only
@@ -416,9 +418,10 @@ def _metrics(values: Any) -> dict[str, float]:
 
 
 def _memory(values: Any) -> dict[str, int]:
-    if not isinstance(values, Mapping) or not set(values) <= {"rss", "peak"} or not all(
-            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**50 for v in values.values()):
-        raise MessageError(f"meta '{MEMORY_KEY}' must map 'rss'/'peak' to byte counts, got {values!r}")
+    if not isinstance(values, Mapping) or not set(values) <= set(MEMORY_FIELDS) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_BYTES for v in values.values()):
+        raise MessageError(f"meta '{MEMORY_KEY}' must map some of {MEMORY_FIELDS} to byte counts below "
+                           f"{MAX_BYTES}, got {str(values)[:100]}")
     return dict(values)
 
 

@@ -300,6 +300,9 @@ class FedSMController(Controller):
         memory = {"server": memory_use(), **self._client_memory}
         memory_text = ", ".join(f"{name} {m.get('rss', 0) / gib:.2f}/{m.get('peak', 0) / gib:.2f}"
                                 for name, m in memory.items())
+        gpu = {name: m["gpu_peak"] / gib for name, m in self._client_memory.items() if "gpu_peak" in m}
+        if gpu:
+            memory_text += "; GPU peak GiB: " + ", ".join(f"{name} {peak:.2f}" for name, peak in gpu.items())
         self.log_info(fl_ctx, f"Round {round_number} cost: wall {wall:.2f} s, clients busy {busy:.2f} s (slowest "
                               f"client validate {validate:.2f} s train {train:.2f} s), aggregate+persist "
                               f"{aggregate_persist:.2f} s, communicate {max(wall - busy - aggregate_persist, 0.0):.2f} s; "
