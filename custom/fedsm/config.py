@@ -24,9 +24,9 @@ class TrainConfig:
     selector_batch_size: int = 16
     image_size: int = 256
     selector: str = "vgg11"
-    selector_training: str = "client_adam"
+    selector_training: str = "client_adam_on_server"
     select_num_classes: int = 3
-    cache_dataset: float = 0.0
+    cache_dataset: float = 1.0
     num_workers: int = 0
     torch_threads: int = 0
     seed: int = 0

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -71,3 +72,10 @@ def test_resolve_path_expands_and_rejects_unset_variables(monkeypatch):
     monkeypatch.delenv("FEDSM_TEST_ROOT")
     with pytest.raises(ValueError, match="dataset_base_dir"):
         resolve_path("$FEDSM_TEST_ROOT/x", "dataset_base_dir")
+
+
+def test_config_defaults_are_the_job_folders_values():
+    shipped = json.loads(open("jobs/fedsm_prostate/app/config/config_train.json").read())
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+    assert set(defaults) <= set(shipped)
+    assert {name: shipped[name] for name in defaults} == defaults
