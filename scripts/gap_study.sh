@@ -7,11 +7,13 @@
 #   bash scripts/gap_study.sh gpu      # full preset: 100 rounds, 256x256, VGG11 selector (one GPU)
 #   bash scripts/gap_study.sh --seeds 3 [cpu|gpu]   # every method with train.seed 0, 1, 2 (3x the time)
 #
-# Steps: synthetic 3-site data with the unseen site UNSEEN; FedSM in the NVFlare simulator (selector
-# training client_adam, as published), and once more per variant in GAP_VARIANTS (default
-# server_adam); the FedAvg job (jobs/fedavg_prostate) with the FedSM job's config_train.json;
-# centralized and local-only training (result_stat.baselines); result_stat.gap_report, whose extra row
-# "routed by validation" uses a site's personalized model only where validation trusts it.
+# Steps: synthetic 3-site data with the unseen site UNSEEN; FedSM in the NVFlare simulator (the job's
+# selector_training, client_adam_on_server: the published client_adam math, only the wire format
+# differs), and once more per variant in GAP_VARIANTS (default server_adam; "server_adam client_adam"
+# adds the paper's wire format) and per GAP_QUANTIZE type; the FedAvg job (jobs/fedavg_prostate) with
+# the FedSM job's config_train.json; centralized and local-only training (result_stat.baselines);
+# result_stat.gap_report, whose extra row "routed by validation" uses a site's personalized model
+# only where validation trusts it.
 # With --seeds N every method runs N times with train.seed 0..N-1 (initialization and data order; the
 # data split stays): seed 0 in $GAP_STUDY_DIR as with one seed, seed s in $GAP_STUDY_DIR/seed_s.
 #
