@@ -17,20 +17,15 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from poc_run import CLIENTS, PocError, PocFederation, make_job  # noqa: E402
 
-__all__ = ["CLIENTS", "POC_SETTINGS", "PocError", "PocFederation", "REPO", "add_result_filters", "kill",
+__all__ = ["CLIENTS", "PocError", "PocFederation", "REPO", "add_result_filters", "kill",
            "listening_addresses", "make_job", "run_simulator", "scalars", "site_processes", "tiny_job", "wait_for_job",
            "wait_for_line"]
 
-# One torch thread per client. A POC client is a host of its own to NVFlare, so `torch_threads: 0` (auto)
-# gives each client process every core; three of them on a small test machine then oversubscribe the
-# CPU, and OpenMP's spinning threads make a tiny round take many times as long. (In the simulator, auto
-# already shares the cores among the clients.)
-POC_SETTINGS = {"train.torch_threads": 1}
-
 
 def tiny_job(destination: Path, data: Path, **overrides) -> Path:
-    """A 32x32, light-selector job on `data` that ships its code (BYOC), one torch thread per client."""
-    return make_job(destination, data, {"train.image_size": 32, "server.num_rounds": 2, **POC_SETTINGS, **overrides},
+    """A 32x32, light-selector job on `data` that ships its code (BYOC); poc_run shares the cores among the
+    clients."""
+    return make_job(destination, data, {"train.image_size": 32, "server.num_rounds": 2, **overrides},
                     "byoc")
 
 

@@ -2,6 +2,7 @@
 process, file or config outlives the run outside the folder the script owns."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from poc_helpers import POC_SETTINGS, REPO, wait_for_line
+from poc_helpers import REPO, wait_for_line
 
 pytestmark = pytest.mark.poc
 SCRIPT = REPO / "scripts" / "poc_run.py"
-SETTINGS = [arg for key, value in POC_SETTINGS.items() for arg in ("--set", f"{key}={value}")]  # 1 torch thread
 
 
 def _processes_naming(folder: Path) -> list[int]:
@@ -37,13 +37,15 @@ def _home_nvflare_config() -> bytes | None:
 def test_poc_run_with_installed_code_completes_and_cleans_up(poc_data, tmp_path):
     root, home_config = tmp_path / "poc", _home_nvflare_config()
     result = subprocess.run([sys.executable, str(SCRIPT), "--root", str(root), "--data", str(poc_data),
-                             "--code", "installed", "--set", "train.image_size=32", "--set", "server.num_rounds=1",
-                             *SETTINGS],
+                             "--code", "installed", "--set", "train.image_size=32", "--set", "server.num_rounds=1"],
                             capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "FINISHED:COMPLETED" in result.stdout and "Test Dice: " in result.stdout
     # the job carried no code: every site built the fedsm components from the installed package
     assert not (root / "job" / "app" / "custom").exists()
+    # all sites run on this host: the script shares its cores among the clients
+    threads = json.loads((root / "job" / "app" / "config" / "config_train.json").read_text())["torch_threads"]
+    assert threads == max(1, (os.cpu_count() or 1) // 3)
     resources = json.loads((root / "workspace" / "fedsm_poc" / "prod_00" / "client_MSD" / "local" /
                             "resources.json").read_text())
     assert "fedsm.flare." in resources["class_allow_list"]
@@ -61,7 +63,7 @@ def test_poc_run_interrupted_stops_every_process(poc_data, tmp_path):
     log = tmp_path / "poc_run.log"
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, str(SCRIPT), "--root", str(root), "--data", str(poc_data),
-                                    "--set", "train.image_size=32", *SETTINGS], stdout=out, stderr=subprocess.STDOUT,
+                                    "--set", "train.image_size=32"], stdout=out, stderr=subprocess.STDOUT,
                                    cwd=REPO)
         try:
             wait_for_line(log, "Round 0 of", timeout=300)  # the job is running on server and clients
