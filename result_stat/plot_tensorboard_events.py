@@ -93,6 +93,10 @@ def available_tags(event_dir: str | Path) -> list[str]:
     return sorted(accumulator.Tags().get("scalars", []))
 
 
+def smoothing_caption(weight: float) -> str:
+    return "raw values" if weight == 0 else f"smoothing {weight:g} (raw values faint)"
+
+
 def plot_curves(
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]],
     tags: Sequence[str],
@@ -124,7 +128,7 @@ def plot_curves(
     if handles:
         figure.legend([handles[site] for site in curves if site in handles], [site for site in curves if site in handles],
                       loc="outside lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False)
-    caption = f"smoothing {weight:g} (raw values faint)"
+    caption = smoothing_caption(weight)
     figure.suptitle(f"{title}: {caption}" if title else caption, fontsize=11)
     return figure
 
@@ -157,7 +161,7 @@ def plot_runs(
     if handles:
         figure.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(len(handles), 6),
                       fontsize=9, frameon=False)
-    figure.suptitle(f"smoothing {weight:g} (raw values faint)", fontsize=11)
+    figure.suptitle(smoothing_caption(weight), fontsize=11)
     return figure
 
 
