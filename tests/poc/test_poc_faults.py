@@ -83,7 +83,10 @@ def test_server_killed_between_rounds_a_resumed_job_continues_from_the_saved_rou
     saved = torch.load(state_file, weights_only=True)
     assert saved["next_round"] == 1
 
-    resumed_job = tiny_job(tmp_path / "resumed", poc_data, **{"server.resume_from": str(state_file)})
+    # min_clients 3: NVFlare schedules the job only when every client is back (with the job's 2 it may
+    # start before the last one has reconnected to the restarted server, and run without it)
+    resumed_job = tiny_job(tmp_path / "resumed", poc_data,
+                           **{"server.resume_from": str(state_file), "meta.min_clients": 3})
     resumed_id = _submit_when_server_is_back(federation, resumed_job)
     assert wait_for_job(federation, resumed_id, timeout=300) == "FINISHED:COMPLETED"
     results = federation.download(resumed_id, tmp_path / "download") / "workspace"
