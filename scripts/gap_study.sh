@@ -3,9 +3,9 @@
 # on the same data, models, preprocessing and budget (rounds x local epochs), plus a held-out unseen
 # site, then the comparison report (tables, CSV, plots).
 #
-#   bash scripts/gap_study.sh          # CPU preset: synthetic data, 50 rounds, 96x96, light selector (~20 min on 2 cores)
+#   bash scripts/gap_study.sh          # CPU preset: synthetic data, 50 rounds, 96x96, light selector (~50 min on 2 cores: three FedSM runs of ~11 min each, FedAvg, centralized and local ~5 min each)
 #   bash scripts/gap_study.sh gpu      # full preset: 100 rounds, 256x256, VGG11 selector (one GPU)
-#   bash scripts/gap_study.sh --seeds 3 [cpu|gpu]   # every method with train.seed 0, 1, 2 (3x the time)
+#   bash scripts/gap_study.sh --seeds 3 [cpu|gpu]   # every method with train.seed 0, 1, 2 (3x the time; GAP_VARIANTS= GAP_QUANTIZE= leaves the extra FedSM runs out: ~27 min a seed)
 #
 # Steps: synthetic 3-site data with the unseen site UNSEEN; FedSM in the NVFlare simulator (the job's
 # selector_training, client_adam_on_server: the published client_adam math, only the wire format
