@@ -41,6 +41,8 @@ TITLES = {
 
 logger = logging.getLogger("plot_tensorboard_events")
 
+Curves = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # {site: {tag: (steps, values)}}
+
 
 def smooth(values: Iterable[float], weight: float) -> np.ndarray:
     """TensorBoard's scalar smoothing: an exponential moving average started at 0 and debiased.
@@ -204,12 +206,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _read_workspace(workspace: Path, tags: Sequence[str]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """`{site: {tag: (steps, values)}}` of a run; exits naming the workspace when it has no event files."""
+def read_workspace(workspace: Path, tags: Sequence[str]) -> tuple[dict[str, Path], Curves]:
+    """The event folder of every site of a run and `{site: {tag: (steps, values)}}`, logged per site;
+    exits naming the workspace when it has no event files."""
     try:
-        return {site: read_scalars(folder, tags) for site, folder in find_event_dirs(workspace).items()}
+        event_dirs = find_event_dirs(workspace)
+        curves = {site: read_scalars(folder, tags) for site, folder in event_dirs.items()}
     except FileNotFoundError as error:
         raise SystemExit(f"plot_tensorboard_events: error: {error}") from error
+    for site, folder in event_dirs.items():
+        logger.info("%s: %s (%s)", site, folder, ", ".join(f"{tag}: {len(s)} rounds" for tag, (s, _) in curves[site].items()) or "none of the tags")
+    return event_dirs, curves
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -217,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorboard").setLevel(logging.WARNING)
     if args.runs:
-        runs = {label: _read_workspace(workspace, args.tags) for label, workspace in args.runs}
+        runs = {label: read_workspace(workspace, args.tags)[1] for label, workspace in args.runs}
         for label, curves in runs.items():
             if not any(curves.values()):
                 raise SystemExit(f"plot_tensorboard_events: error: run '{label}' has none of the tags {list(args.tags)}")
@@ -225,13 +232,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         print(f"Wrote {output}")
         return output
     workspace = Path(args.workspace).expanduser()
-    try:
-        event_dirs = find_event_dirs(workspace)
-        curves = {site: read_scalars(folder, args.tags) for site, folder in event_dirs.items()}
-    except FileNotFoundError as error:
-        raise SystemExit(f"plot_tensorboard_events: error: {error}") from error
-    for site, folder in event_dirs.items():
-        logger.info("%s: %s (%s)", site, folder, ", ".join(f"{tag}: {len(s)} rounds" for tag, (s, _) in curves[site].items()) or "none of the tags")
+    event_dirs, curves = read_workspace(workspace, args.tags)
     if not any(curves.values()):
         found = sorted({tag for folder in event_dirs.values() for tag in available_tags(folder)})
         raise SystemExit(

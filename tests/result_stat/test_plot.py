@@ -158,7 +158,7 @@ def test_cli_rejects_a_bad_smoothing_weight(tmp_path):
 # --- several runs on one figure ---------------------------------------------------------------
 
 def test_plot_runs_has_one_row_per_tag_one_column_per_site_one_line_per_run(tmp_path):
-    ours = plot._read_workspace(_simulator_workspace(tmp_path / "a"), ["val_metric_global_model", "train_loss"])
+    _, ours = plot.read_workspace(_simulator_workspace(tmp_path / "a"), ["val_metric_global_model", "train_loss"])
     other = {"client_A": {"val_metric_global_model": (np.array([0, 1]), np.array([0.2, 0.4]))}}
     figure = plot.plot_runs({"ours": ours, "reference": other}, ["val_metric_global_model", "train_loss"], 0.0)
     axes = figure.get_axes()
