@@ -1,6 +1,9 @@
 """The FedSM message contract: every part is a DXO, large arrays travel in row pieces and arrive whole,
 and a reply is checked completely on decoding, also after NVFlare's stock filters."""
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -108,6 +111,21 @@ def test_task_joins_back_exactly_through_nvflare_serialization(moments):
         assert received.selector_moments is None
     else:
         _assert_same(received.selector_moments, moments)
+
+
+def test_decoding_takes_the_pieces_out_of_the_received_message():
+    """NVFlare keeps a task message until the task ends (a result until its callback returns), so the
+    pieces must leave it as they are joined; else a receiver holds every split array twice."""
+    message = _over_the_wire(_task(_arrays(MOMENTS, 4, positive=True)).to_shareable(piece_bytes=PIECE))
+    pieces = {(part, key): weakref.ref(value) for part, dxo in _parts(message).items()
+              for key, value in dxo.data.items() if "#" in key}
+    assert {part for part, _ in pieces} == {"selector", "selector_moments"}
+    received = FedSMTask.from_shareable(message, _task_shapes())
+    assert not [key for dxo in _parts(message).values() for key in dxo.data if "#" in key]
+    gc.collect()
+    assert [key for key, ref in pieces.items() if ref() is not None] == []
+    assert sorted(_parts(message)["selector"].data) == ["fc.bias"]  # whole arrays stay: they are not copied
+    _assert_same(received.selector, _task().selector)
 
 
 def test_task_lacking_an_array_is_rejected():

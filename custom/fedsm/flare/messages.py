@@ -24,7 +24,9 @@ disk). Arrays over `PIECE_BYTES` travel as row pieces `<name>#<i>` (views, no co
 NVFlare 2.9 serializes every array as one item, so a VGG11 selector's 392 MB fc6 weight would be held
 serialized whole per receiving client. Pieces are joined by name against the shapes the receiver
 expects, so they survive a filter that replaces a part's DXO; an `ExcludeVars` given a list of names
-must therefore name a split array by a regular expression (see the README).
+must therefore name a split array by a regular expression (see the README). Decoding takes each
+piece out of the received message as it copies it into the joined array, so a receiver holds one
+copy of a split array, not the message's pieces beside it for as long as NVFlare keeps the message.
 """
 
 import dataclasses
@@ -319,13 +321,16 @@ def _decode_part(data: Mapping[str, Any], name: str, kind: str, expected: Mappin
 
 def _join(items: Mapping[str, Any], part: str, name: str, indices: list[int], shape: tuple,
           dtypes: Mapping[str, np.dtype] | None) -> np.ndarray:
-    """Rebuild a split array in one buffer, reading its pieces one by one (peak: the array plus a piece)."""
+    """Rebuild a split array in one buffer, taking its pieces out of a mutable message one by one (peak: the
+    array plus a piece)."""
     if not shape or indices != list(range(len(indices))) or len(indices) > shape[0]:
         raise MessageError(f"part '{part}': the pieces of '{name}' are {indices[:5]}..., not 0..n-1 within "
                            f"its {shape[0] if shape else 0} rows")
     joined, row = None, 0
     for index in indices:
-        piece = _to_numpy(items[f"{name}#{index}"])
+        key = f"{name}#{index}"
+        # taken out of the message: NVFlare holds the message until the task or the result callback ends
+        piece = _to_numpy(items.pop(key) if isinstance(items, dict) else items[key])
         if not isinstance(piece, np.ndarray) or piece.ndim != len(shape) or piece.shape[1:] != shape[1:] \
                 or not 0 < len(piece) <= shape[0] - row:
             raise MessageError(f"part '{part}': piece {index} of '{name}' ({getattr(piece, 'shape', type(piece))}) "
