@@ -8,7 +8,8 @@ like FedSM's and FedAvg's initial global model) with FedSM's own loops (`fedsm.t
 loading and preprocessing (`fedsm.data`), and the training config and budget of a FedSM job folder
 `JOB` (e.g. `jobs/fedsm_prostate` or a derived job): `num_rounds` x `local_epochs` epochs, Adam with
 `learning_rate`, `batch_size`, `image_size`, reshuffled per round with seed + round as the FedSM
-clients do.
+clients do, and on CUDA its `amp` and `channels_last` (`fedsm.runtime.compute_for`), so that a
+baseline computes in the precision FedSM does.
 
 - centralized: one model on the pooled training data of all sites (`client_All.json`); validated on
   the pooled validation split after every round's epochs;
@@ -18,7 +19,8 @@ clients do.
 The model is validated before training (round 0) and after each round; the best one by validation
 Dice (first one on ties) is kept as `best_model.pt` (`{"weights", "metric", "round"}`, the format of
 FedSM's best checkpoints), the last one as `last_model.pt`, and `results.json` holds the config,
-seed, budget and the validation curve. Local models go to `OUT/<client>/`.
+seed, budget, the device with the `amp` and `channels_last` in effect, and the validation
+curve. Local models go to `OUT/<client>/`.
 """
 
 import argparse
@@ -41,6 +43,7 @@ from fedsm.io.atomic import write_text_atomic
 from fedsm.io.checkpoint import save_checkpoint
 from fedsm.models.networks import build_unet
 from fedsm.models.weights import get_weights
+from fedsm.runtime import Compute, compute_for
 from fedsm.training import train_segmentation, validate_segmentation
 from result_stat.prostate_2d_test_only import read_label_mapping
 
@@ -90,12 +93,21 @@ def read_job(job_dir: str | Path) -> JobSetup:
                     [client for client, _ in sorted(labels.items(), key=lambda item: item[1])])
 
 
+def job_compute(job: JobSetup, device: torch.device | None = None) -> Compute:
+    """What the baselines compute with: the job's `amp` and `channels_last` as its FedSM clients use
+    them on `device` (default: the one `fedsm.runtime.choose_device` picks); warns where they are ignored."""
+    compute, ignored = compute_for(job.train_config.amp, job.train_config.channels_last, device)
+    if ignored:
+        logger.warning(ignored)
+    return compute
+
+
 def train_baseline(name: str, data: SiteData, config: TrainConfig, num_rounds: int,
-                   output: Path, device: torch.device, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                   output: Path, compute: Compute, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one UNet on `data`'s training split for `num_rounds` x `local_epochs` epochs, keep the best
     by Dice on its validation split; writes best/last checkpoints and results.json into `output`."""
     torch.manual_seed(config.seed)
-    model = build_unet().to(device)
+    model = build_unet().to(compute.device, memory_format=compute.memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     train_loader, val_loader = data.train_loader, data.val_loader
     output.mkdir(parents=True, exist_ok=True)
@@ -104,7 +116,7 @@ def train_baseline(name: str, data: SiteData, config: TrainConfig, num_rounds: i
     started = time.monotonic()
 
     def validate(round_number: int, train_loss: float | None) -> None:
-        dice = validate_segmentation(model, val_loader, device)
+        dice = validate_segmentation(model, val_loader, compute)
         history.append({"round": round_number, "train_loss": train_loss, "val_dice": dice})
         if improves(best, "val_dice", dice):
             save_checkpoint(output / BEST_NAME, {"weights": get_weights(model), "metric": float(dice),
@@ -118,7 +130,7 @@ def train_baseline(name: str, data: SiteData, config: TrainConfig, num_rounds: i
         # per-round seeding as in the FedSM and FedAvg clients
         torch.manual_seed(config.seed + round_number)
         train_loader.generator.manual_seed(config.seed + round_number)
-        loss, _ = train_segmentation(model, optimizer, train_loader, config.local_epochs, device)
+        loss, _ = train_segmentation(model, optimizer, train_loader, config.local_epochs, compute)
         validate(round_number + 1, loss)
     save_checkpoint(output / LAST_NAME, {"weights": get_weights(model), "metric": history[-1]["val_dice"],
                                          "round": num_rounds})
@@ -134,7 +146,9 @@ def train_baseline(name: str, data: SiteData, config: TrainConfig, num_rounds: i
         "best_round": int(best.get("round", 0)),
         "best_val_dice": best.get("val_dice"),
         "seconds": round(time.monotonic() - started, 1),
-        "device": str(device),
+        "device": str(compute.device),
+        "amp": compute.amp,
+        "channels_last": compute.channels_last,
         "history": history,
         **(extra or {}),
     }
@@ -142,18 +156,18 @@ def train_baseline(name: str, data: SiteData, config: TrainConfig, num_rounds: i
     return results
 
 
-def run_centralized(job: JobSetup, output: Path, device: torch.device) -> dict[str, Any]:
+def run_centralized(job: JobSetup, output: Path, compute: Compute) -> dict[str, Any]:
     data = load_site_data(job.train_config, POOLED_DATALIST)
-    return train_baseline("centralized", data, job.train_config, job.num_rounds, output, device,
+    return train_baseline("centralized", data, job.train_config, job.num_rounds, output, compute,
                           {"datalist": POOLED_DATALIST, "job": str(job.job_dir)})
 
 
-def run_local(job: JobSetup, output: Path, device: torch.device, sites: Sequence[str] | None = None) -> dict[str, Any]:
+def run_local(job: JobSetup, output: Path, compute: Compute, sites: Sequence[str] | None = None) -> dict[str, Any]:
     results = {}
     for client in sites or job.sites:
         data = load_site_data(job.train_config, client)
         results[client] = train_baseline(f"local {client}", data, job.train_config, job.num_rounds,
-                                         output / client, device, {"datalist": client, "job": str(job.job_dir)})
+                                         output / client, compute, {"datalist": client, "job": str(job.job_dir)})
     return results
 
 
@@ -173,19 +187,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"baselines: error: {error}") from error
     if job.train_config.torch_threads > 0:
         torch.set_num_threads(job.train_config.torch_threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    compute = job_compute(job)
     output = Path(args.output).expanduser()
     logger.info("%s baseline: %d rounds x %d local epochs, image size %d, seed %d, device %s", args.baseline,
                 job.num_rounds, job.train_config.local_epochs, job.train_config.image_size, job.train_config.seed,
-                device)
+                compute)
     if args.baseline == "centralized":
-        result = run_centralized(job, output, device)
+        result = run_centralized(job, output, compute)
         logger.info("centralized: best val Dice %.4f at round %d", result["best_val_dice"], result["best_round"])
     else:
         unknown = sorted(set(args.sites or []) - set(job.sites))
         if unknown:
             raise SystemExit(f"baselines: error: {unknown} are not sites of {args.job} ({job.sites})")
-        result = run_local(job, output, device, args.sites)
+        result = run_local(job, output, compute, args.sites)
         for client, item in result.items():
             logger.info("local %s: best val Dice %.4f at round %d", client, item["best_val_dice"], item["best_round"])
     return result

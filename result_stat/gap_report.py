@@ -51,6 +51,7 @@ from fedsm.io.atomic import write_text_atomic
 from fedsm.io.checkpoint import CheckpointError
 from fedsm.models.networks import build_unet
 from fedsm.core.dice import binarize, dice_per_image, mean_dice
+from fedsm.runtime import choose_device
 from result_stat.baselines import BEST_NAME, POOLED_DATALIST, RESULTS_NAME, num_rounds_of
 from result_stat.plot_tensorboard_events import read_scalars, save_png
 from result_stat.prostate_2d_test_only import (
@@ -743,7 +744,7 @@ def run_label(run: FedSMRun) -> str:
 
 
 def build_report(args: argparse.Namespace) -> dict[str, Any]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = choose_device()  # float32 whatever the runs' `amp`: one instrument for every method
     main_name = MAIN_NAME
     fedsm_setup = load_run_setup(find_server_app(args.fedsm[0]))
     config = fedsm_setup.train_config

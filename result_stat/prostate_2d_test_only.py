@@ -58,6 +58,7 @@ from fedsm.io.atomic import write_text_atomic
 from fedsm.io.checkpoint import CheckpointError, load_checkpoint
 from fedsm.models.networks import build_selector, build_unet
 from fedsm.models.weights import set_weights
+from fedsm.runtime import choose_device
 from result_stat.workspace import SERVER_CONFIG, TRAIN_CONFIG, find_server_app
 
 DEFAULT_THRESHOLD = 0.9
@@ -442,7 +443,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base_dir = resolve_path(args.dataset_base_dir or config.dataset_base_dir, "dataset_base_dir")
     datalist_path = resolve_path(args.datalist_json_path or config.datalist_json_path, "datalist_json_path")
     batch_size = args.batch_size or config.batch_size
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = choose_device()  # float32 whatever the run's `amp`: test Dice comparable across runs
     logger.info("models: %s; sites (label): %s; device %s", models_dir,
                 ", ".join(f"{client} ({label})" for client, label in setup.labels.items()), device)
     models = load_best_models(setup, device)

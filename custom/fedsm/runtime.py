@@ -1,4 +1,5 @@
-"""Where a process runs: its torch device and CPU threads, and whether it is the NVFlare simulator."""
+"""Where and how a process runs: its torch device with the `amp` and `channels_last` switches
+(`Compute`), its CPU threads, and whether it is the NVFlare simulator."""
 
 import contextlib
 import dataclasses
@@ -23,25 +24,36 @@ def cpu_threads(configured: int, clients_on_this_host: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class GpuOptions:
-    """What `amp` and `channels_last` of config_train.json turn on; both act on CUDA only (`gpu_options`)."""
+class Compute:
+    """Where and how a process computes: its torch device, and whether `amp` and `channels_last` of
+    config_train.json are on there (`compute_for` turns both off outside CUDA)."""
 
+    device: torch.device
     amp: bool = False
     channels_last: bool = False
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context of forward passes: bfloat16 autocast with `amp` (no loss scaling needed), else none."""
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
     @property
     def memory_format(self) -> torch.memory_format:
         """The memory format of models and image batches."""
         return torch.channels_last if self.channels_last else torch.preserve_format
 
+    def __str__(self) -> str:
+        """The device, on CUDA with the switches: e.g. `cuda (amp on, channels_last off)`."""
+        if self.device.type != "cuda":
+            return str(self.device)
+        state = {True: "on", False: "off"}
+        return f"{self.device} (amp {state[self.amp]}, channels_last {state[self.channels_last]})"
 
-def gpu_options(amp: bool, channels_last: bool, device: torch.device) -> tuple[GpuOptions, str | None]:
-    """The options in effect on `device`, and, where configured ones are ignored (off CUDA), why."""
+
+def compute_for(amp: bool, channels_last: bool, device: torch.device | None = None) -> tuple[Compute, str | None]:
+    """What this process computes with on `device` (default `choose_device()`) under the configured
+    switches, and, where they are ignored (off CUDA), why."""
+    device = choose_device() if device is None else device
     if device.type == "cuda":
-        return GpuOptions(amp, channels_last), None
+        return Compute(device, amp, channels_last), None
     ignored = " and ".join(repr(name) for name, on in (("amp", amp), ("channels_last", channels_last)) if on)
-    return GpuOptions(), f"config_train.json: {ignored} ignored on {device.type} (CUDA only)" if ignored else None
+    return Compute(device), f"config_train.json: {ignored} ignored on {device.type} (CUDA only)" if ignored else None

@@ -22,8 +22,8 @@ from .core.model_set import Weights
 from .core.selector_update import (ClientAdamOnServerSelector, ClientAdamSelector, SelectorUpload,
                                    ServerAdamSelector, expected_moment_shapes)
 from .models.weights import get_weights, weight_difference
-from .runtime import GpuOptions
-from .training import NO_GPU_OPTIONS, selector_full_batch_gradient, train_selector_full_batch
+from .runtime import Compute
+from .training import selector_full_batch_gradient, train_selector_full_batch
 
 
 class SelectorTraining:
@@ -54,17 +54,17 @@ class SelectorTraining:
         return self.server_rule(selector, moments, lr)
 
     def client_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, label: int,
-                    epochs: int, device: torch.device, received: Weights, moments: Weights | None,
-                    options: GpuOptions = NO_GPU_OPTIONS) -> tuple[SelectorUpload, float]:
+                    epochs: int, compute: Compute, received: Weights,
+                    moments: Weights | None) -> tuple[SelectorUpload, float]:
         """Train the selector on this site (received weights already loaded into `model`); returns what
         to upload and the mean loss."""
         if not self.clients_step_adam:
-            loss = selector_full_batch_gradient(model, loader, label, device, options)
+            loss = selector_full_batch_gradient(model, loader, label, compute)
             gradient = {name: param.grad.detach().cpu().numpy() for name, param in model.named_parameters()}
             return SelectorUpload(gradient=gradient), loss
         # the received moments are handed over to the optimizer, not copied
         load_adam_moments(optimizer, model.named_parameters(), moments or {}, share_memory=True)
-        loss = train_selector_full_batch(model, optimizer, loader, label, epochs, device, options)
+        loss = train_selector_full_batch(model, optimizer, loader, label, epochs, compute)
         diff = weight_difference(get_weights(model), received)
         return SelectorUpload(diff=diff, moments=extract_adam_moments(optimizer, model.named_parameters())), loss
 

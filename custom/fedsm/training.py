@@ -7,35 +7,33 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from .core.dice import binarize, dice_per_image, mean_dice
-from .runtime import GpuOptions
-
-NO_GPU_OPTIONS = GpuOptions()
+from .runtime import Compute
 
 
-def _batches(loader: Iterable, device: torch.device, options: GpuOptions):
+def _batches(loader: Iterable, compute: Compute):
     for batch in loader:
-        yield batch["image"].to(device, memory_format=options.memory_format), batch["label"].to(device)
+        yield (batch["image"].to(compute.device, memory_format=compute.memory_format),
+               batch["label"].to(compute.device))
 
 
-def _forward(model: nn.Module, images: torch.Tensor, options: GpuOptions) -> torch.Tensor:
-    """`model(images)` under the options' autocast, returned in at least float32 (for losses and metrics)."""
-    with options.autocast():
+def _forward(model: nn.Module, images: torch.Tensor, compute: Compute) -> torch.Tensor:
+    """`model(images)` under `compute`'s autocast, returned in at least float32 (for losses and metrics)."""
+    with compute.autocast():
         output = model(images)
     return output.to(torch.promote_types(output.dtype, torch.float32))
 
 
 def train_segmentation(
-    model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, epochs: int, device: torch.device,
-    options: GpuOptions = NO_GPU_OPTIONS,
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, epochs: int, compute: Compute,
 ) -> tuple[float, int]:
     """Train a UNet with sigmoid Dice loss; returns (mean loss, number of optimizer steps)."""
     loss_function = DiceLoss(sigmoid=True)
     model.train()
     total, steps = 0.0, 0
     for _ in range(epochs):
-        for images, labels in _batches(loader, device, options):
+        for images, labels in _batches(loader, compute):
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_function(_forward(model, images, options), labels)
+            loss = loss_function(_forward(model, images, compute), labels)
             loss.backward()
             optimizer.step()
             total += loss.item()
@@ -43,8 +41,7 @@ def train_segmentation(
     return total / max(steps, 1), steps
 
 
-def selector_full_batch_gradient(model: nn.Module, loader: Iterable, label: int, device: torch.device,
-                                 options: GpuOptions = NO_GPU_OPTIONS) -> float:
+def selector_full_batch_gradient(model: nn.Module, loader: Iterable, label: int, compute: Compute) -> float:
     """Leave in `model`'s `.grad` the cross-entropy gradient summed over all images of `loader` (every
     image carries this site's `label`), as the reference accumulates it; returns the mean loss.
 
@@ -54,9 +51,9 @@ def selector_full_batch_gradient(model: nn.Module, loader: Iterable, label: int,
     model.train()
     model.zero_grad(set_to_none=True)
     total, count = 0.0, 0
-    for images, _ in _batches(loader, device, options):
-        targets = torch.full((images.shape[0],), label, dtype=torch.long, device=device)
-        loss = loss_function(_forward(model, images, options), targets)
+    for images, _ in _batches(loader, compute):
+        targets = torch.full((images.shape[0],), label, dtype=torch.long, device=compute.device)
+        loss = loss_function(_forward(model, images, compute), targets)
         loss.backward()
         total += loss.item()
         count += images.shape[0]
@@ -71,38 +68,35 @@ def train_selector_full_batch(
     loader: Iterable,
     label: int,
     epochs: int,
-    device: torch.device,
-    options: GpuOptions = NO_GPU_OPTIONS,
+    compute: Compute,
 ) -> float:
     """Full-batch selector training: per epoch, the full-batch gradient, then one optimizer step.
     Returns the mean loss."""
     losses = []
     for _ in range(epochs):
-        losses.append(selector_full_batch_gradient(model, loader, label, device, options))
+        losses.append(selector_full_batch_gradient(model, loader, label, compute))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)  # the selector's gradients can be large (VGG11: 0.5 GB)
     return sum(losses) / len(losses)
 
 
 @torch.no_grad()
-def validate_segmentation(model: nn.Module, loader: Iterable, device: torch.device,
-                          options: GpuOptions = NO_GPU_OPTIONS) -> float:
+def validate_segmentation(model: nn.Module, loader: Iterable, compute: Compute) -> float:
     """Mean foreground Dice over the images of `loader` (images with an empty mask have none)."""
     model.eval()
-    scores = [dice_per_image(binarize(_forward(model, images, options)), labels)
-              for images, labels in _batches(loader, device, options)]
+    scores = [dice_per_image(binarize(_forward(model, images, compute)), labels)
+              for images, labels in _batches(loader, compute)]
     return mean_dice(torch.cat(scores)) if scores else float("nan")
 
 
 @torch.no_grad()
-def validate_selector(model: nn.Module, loader: Iterable, label: int, device: torch.device,
-                      options: GpuOptions = NO_GPU_OPTIONS) -> tuple[float, float]:
+def validate_selector(model: nn.Module, loader: Iterable, label: int, compute: Compute) -> tuple[float, float]:
     """Accuracy (share of the images of `loader` assigned to `label`) and confidence (mean softmax
     probability of `label`, which the super model's threshold acts on)."""
     model.eval()
     hits, confidence, count = 0, 0.0, 0
-    for images, _ in _batches(loader, device, options):
-        logits = _forward(model, images, options)
+    for images, _ in _batches(loader, compute):
+        logits = _forward(model, images, compute)
         hits += (logits.argmax(dim=1) == label).sum().item()
         confidence += torch.softmax(logits, dim=1)[:, label].sum().item()
         count += images.shape[0]

@@ -32,7 +32,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from fedsm.config import TrainConfig
 from fedsm.data.site_data import load_site_data
-from fedsm.runtime import SIMULATOR_JOB_ID, choose_device, cpu_threads
+from fedsm.runtime import SIMULATOR_JOB_ID, compute_for, cpu_threads
 from fedsm.tags import GLOBAL_LOSS, GLOBAL_METRIC
 from fedsm.models.networks import build_unet
 from fedsm.models.weights import get_weights, set_weights, weight_difference
@@ -80,16 +80,18 @@ class UNetFedAvgExecutor(Executor):
         data = load_site_data(self.config, self.client_name)
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
         self.num_validation = data.num_validation
-        self.device = choose_device()
-        if self.device.type == "cpu":
+        self.compute, ignored = compute_for(self.config.amp, self.config.channels_last)
+        if ignored:
+            self.log_warning(fl_ctx, ignored)
+        if self.compute.device.type == "cpu":
             in_simulator = fl_ctx.get_job_id() == SIMULATOR_JOB_ID
             torch.set_num_threads(cpu_threads(self.config.torch_threads, self.clients_per_host if in_simulator else 1))
-        self.model = build_unet().to(self.device)
+        self.model = build_unet().to(self.compute.device, memory_format=self.compute.memory_format)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
         self.writer = SummaryWriter(log_dir=str(self.app_root))
         self.ready = True
         self.log_info(fl_ctx, f"{self.client_name}: {data.num_training} training and "
-                              f"{self.num_validation} validation images, device {self.device}")
+                              f"{self.num_validation} validation images, device {self.compute}")
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         if task_name not in (self.train_task_name, self.validate_task_name):
@@ -115,20 +117,20 @@ class UNetFedAvgExecutor(Executor):
 
     def _validate_server_model(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         owner = shareable.get_header(AppConstants.MODEL_OWNER, "?")
-        dice = validate_segmentation(self.model, self.val_loader, self.device)
+        dice = validate_segmentation(self.model, self.val_loader, self.compute)
         self.log_info(fl_ctx, f"validation of server model {owner}: {VAL_METRIC} {dice:.4f}")
         return DXO(data_kind=DataKind.METRICS, data={VAL_METRIC: dice, NUM_VAL: self.num_validation}).to_shareable()
 
     def _train(self, received: dict, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         round_number = int(shareable.get_header(AppConstants.CURRENT_ROUND, 0))
         started = time.monotonic()
-        dice = validate_segmentation(self.model, self.val_loader, self.device)
+        dice = validate_segmentation(self.model, self.val_loader, self.compute)
         self.writer.add_scalar(GLOBAL_METRIC, dice, round_number)
         # seeded per round like the FedSM clients: the same shuffles and dropout masks
         torch.manual_seed(self.config.seed + round_number)
         self.train_loader.generator.manual_seed(self.config.seed + round_number)
         loss, steps = train_segmentation(self.model, self.optimizer, self.train_loader, self.config.local_epochs,
-                                         self.device)
+                                         self.compute)
         self.writer.add_scalar(GLOBAL_LOSS, loss, round_number)
         self.writer.flush()
         if abort_signal.triggered:

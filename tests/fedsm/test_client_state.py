@@ -9,9 +9,10 @@ import torch
 from fedsm.core.adam_moments import extract_adam_moments
 from fedsm.io.client_state import (CLIENT_STATE_FILENAME, apply_client_state, client_state_dir,
                                    copy_missing, restorable_state, save_client_state)
+from fedsm.runtime import Compute
 from fedsm.selector_training import selector_training
 
-CPU = torch.device("cpu")
+CPU = Compute(torch.device("cpu"))
 
 
 def _model(seed=0, width=3):

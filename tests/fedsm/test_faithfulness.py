@@ -21,6 +21,7 @@ from fedsm.core.update_checks import shapes_of
 from fedsm.flare.messages import (GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS, FedSMTask, FedSMUpdate,
                                   update_shapes)
 from fedsm.models.weights import get_weights, set_weights, weight_difference
+from fedsm.runtime import Compute
 from fedsm.selector_training import selector_training
 from fedsm.tags import METRIC_TAGS
 from fedsm.training import train_segmentation
@@ -28,7 +29,7 @@ from fedsm.training import train_segmentation
 LABELS = {"client_a": 0, "client_b": 1, "client_c": 2}
 BATCH_SIZES = {"client_a": [2], "client_b": [2, 1], "client_c": [1, 2, 2]}  # unequal sites, mixed batches
 LAM, LR, LR_SELECT, EPOCHS = 0.7, 1e-2, 1e-2, 2
-CPU = torch.device("cpu")
+CPU = Compute(torch.device("cpu"))
 TOLERANCE = 1e-6
 
 

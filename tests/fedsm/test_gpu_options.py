@@ -20,20 +20,14 @@ from fedsm.flare.workflow import FedSMController
 from fedsm.job_config import derive_job, parse_override
 from fedsm.models.networks import build_selector, build_unet
 from fedsm.models.weights import get_weights, set_weights
-from fedsm.runtime import GpuOptions, gpu_options
+from fedsm.runtime import Compute, choose_device, compute_for
 from fedsm.selector_training import selector_training
 from fedsm.training import train_segmentation, validate_segmentation, validate_selector
 
 JOB = "jobs/fedsm_prostate"
-CPU = torch.device("cpu")
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
+FLOAT32_ON_CPU = Compute(CPU)
 LABEL = 1
-
-
-class CpuBfloat16(GpuOptions):
-    """`amp` as on CUDA, with the CPU's autocast, so that the bfloat16 path runs on a machine without GPU."""
-
-    def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def _job_config() -> dict:
@@ -47,20 +41,17 @@ def _loader(count=4, size=32, batch_size=2):
     return [{"image": images[i:i + batch_size], "label": masks[i:i + batch_size]} for i in range(0, count, batch_size)]
 
 
-def _client_round(options: GpuOptions | None) -> dict:
+def _client_round(compute: Compute) -> dict:
     """A UNet epoch, the selector's full-batch gradient and both validations, as the learner runs them;
-    `None` calls the training functions without options, as before the switches existed."""
+    `FLOAT32_ON_CPU` runs them as before the switches existed. `Compute(CPU, amp=True)`, which
+    `compute_for` never builds, autocasts on the CPU, so that the bfloat16 path runs without a GPU."""
     torch.manual_seed(0)
-    memory_format = options.memory_format if options else torch.preserve_format
-    unet, selector = build_unet().to(memory_format=memory_format), build_selector("light", 3)
-    extra = {"options": options} if options else {}
+    unet, selector = build_unet().to(memory_format=compute.memory_format), build_selector("light", 3)
     loader = _loader()
-    loss, _ = train_segmentation(unet, torch.optim.Adam(unet.parameters(), lr=1e-3), loader, 1, CPU, **extra)
+    loss, _ = train_segmentation(unet, torch.optim.Adam(unet.parameters(), lr=1e-3), loader, 1, compute)
     upload, selector_loss = selector_training("client_adam_on_server").client_step(
-        selector, torch.optim.Adam(selector.parameters()), loader, LABEL, 1, CPU, get_weights(selector), None,
-        **extra)
-    metrics = (validate_segmentation(unet, loader, CPU, **extra), *validate_selector(selector, loader, LABEL, CPU,
-                                                                                      **extra))
+        selector, torch.optim.Adam(selector.parameters()), loader, LABEL, 1, compute, get_weights(selector), None)
+    metrics = (validate_segmentation(unet, loader, compute), *validate_selector(selector, loader, LABEL, compute))
     return {"losses": (loss, selector_loss), "metrics": metrics, "unet": get_weights(unet),
             "gradient": upload.gradient}
 
@@ -116,15 +107,24 @@ def test_switches_are_set_as_every_key_through_the_recipe(tmp_path):
 
 
 def test_on_the_cpu_the_switches_are_ignored_with_one_note():
-    assert gpu_options(True, False, CPU) == (GpuOptions(), "config_train.json: 'amp' ignored on cpu (CUDA only)")
-    assert gpu_options(True, True, CPU)[1] == "config_train.json: 'amp' and 'channels_last' ignored on cpu (CUDA only)"
-    assert gpu_options(False, False, CPU) == (GpuOptions(), None)
-    assert gpu_options(True, True, torch.device("cuda", 0)) == (GpuOptions(amp=True, channels_last=True), None)
+    assert compute_for(True, False, CPU) == (FLOAT32_ON_CPU, "config_train.json: 'amp' ignored on cpu (CUDA only)")
+    assert compute_for(False, True, CPU) == (FLOAT32_ON_CPU,
+                                             "config_train.json: 'channels_last' ignored on cpu (CUDA only)")
+    assert compute_for(True, True, CPU)[1] == "config_train.json: 'amp' and 'channels_last' ignored on cpu (CUDA only)"
+    assert compute_for(False, False, CPU) == (FLOAT32_ON_CPU, None)
+    assert compute_for(True, True, CUDA) == (Compute(CUDA, amp=True, channels_last=True), None)
+    assert compute_for(True, False, CUDA) == (Compute(CUDA, amp=True), None)
+
+
+def test_the_device_is_the_one_choose_device_picks_and_the_log_names_the_switches_where_they_act():
+    assert compute_for(True, True)[0].device == choose_device()
+    assert str(compute_for(True, True, CPU)[0]) == "cpu"
+    assert str(Compute(CUDA, amp=True)) == "cuda:0 (amp on, channels_last off)"
 
 
 def test_amp_on_the_cpu_trains_bitwise_as_without_it():
-    options, _ = gpu_options(True, True, CPU)
-    _assert_bitwise_equal(_client_round(options), _client_round(None))
+    compute, _ = compute_for(True, True, CPU)
+    _assert_bitwise_equal(_client_round(compute), _client_round(FLOAT32_ON_CPU))
 
 
 def test_amp_runs_forward_passes_in_bfloat16_and_losses_in_float32():
@@ -136,9 +136,9 @@ def test_amp_runs_forward_passes_in_bfloat16_and_losses_in_float32():
         elif isinstance(output, torch.Tensor):
             outputs.add(output.dtype)
 
-    reference = _client_round(None)
+    reference = _client_round(FLOAT32_ON_CPU)
     with torch.nn.modules.module.register_module_forward_hook(record):
-        bfloat16 = _client_round(CpuBfloat16(amp=True))
+        bfloat16 = _client_round(Compute(CPU, amp=True))
     assert torch.bfloat16 in outputs and loss_inputs == {torch.float32}
     assert all(np.isfinite(bfloat16["losses"])) and bfloat16["losses"] != reference["losses"]
     assert bfloat16["losses"] == pytest.approx(reference["losses"], rel=0.05)
@@ -147,13 +147,13 @@ def test_amp_runs_forward_passes_in_bfloat16_and_losses_in_float32():
 
 def test_channels_last_batches_and_weights_travel_as_contiguous_arrays():
     inputs = []
-    channels_last = GpuOptions(channels_last=True)
+    channels_last = Compute(CPU, channels_last=True)
     with torch.nn.modules.module.register_module_forward_pre_hook(
             lambda module, args: inputs.append(args[0].is_contiguous(memory_format=torch.channels_last))
             if isinstance(module, UNet) else None):
         result = _client_round(channels_last)
     assert inputs and all(inputs)
-    reference = _client_round(None)
+    reference = _client_round(FLOAT32_ON_CPU)
     assert result["losses"] == pytest.approx(reference["losses"], rel=1e-4)
     for name, array in reference["unet"].items():  # other kernels; Adam's first steps move by up to lr each
         np.testing.assert_allclose(result["unet"][name], array, rtol=0, atol=2e-3, err_msg=name)

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from fedsm.models.networks import VGG11, build_selector, build_unet
+from fedsm.runtime import Compute
 from fedsm.training import selector_full_batch_gradient, validate_segmentation, validate_selector
 
-CPU = torch.device("cpu")
+CPU = Compute(torch.device("cpu"))
 
 
 def _loader(images, masks, batch_size):

@@ -13,11 +13,12 @@ from fedsm.core.round_aggregation import RoundAggregator
 from fedsm.core.selector_update import expected_moment_shapes
 from fedsm.flare.messages import FedSMUpdate, MessageError, update_shapes
 from fedsm.models.weights import get_weights
+from fedsm.runtime import Compute
 from fedsm.selector_training import SELECTOR_TRAININGS, selector_training
 from fedsm.tags import METRIC_TAGS
 
 GRADIENT_MODES = ["client_adam_on_server", "server_adam"]
-LABEL, LR, CPU = 1, 1e-2, torch.device("cpu")
+LABEL, LR, CPU = 1, 1e-2, Compute(torch.device("cpu"))
 
 
 def _selector(seed=0):

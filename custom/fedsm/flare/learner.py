@@ -23,7 +23,7 @@ from ..io.client_state import (apply_client_state, client_state_dir, copy_missin
 from ..memory import memory_use, release_free_heap, reset_gpu_peak
 from ..models.networks import build_models
 from ..models.weights import get_weights, set_weights, weight_difference
-from ..runtime import SIMULATOR_JOB_ID, choose_device, cpu_threads, gpu_options
+from ..runtime import SIMULATOR_JOB_ID, compute_for, cpu_threads
 from ..selector_training import selector_training
 from ..tags import (GLOBAL_LOSS, GLOBAL_METRIC, PERSONALIZED_LOSS, PERSONALIZED_METRIC, SELECTOR_CONFIDENCE,
                     SELECTOR_LOSS, SELECTOR_METRIC)
@@ -76,11 +76,10 @@ class FedSMLearner(Executor):
         self.train_loader, self.selector_loader, self.val_loader = data.train_loader, data.selector_loader, \
             data.val_loader
         self.num_validation = data.num_validation
-        self.device = choose_device()
-        self.gpu, ignored = gpu_options(self.config.amp, self.config.channels_last, self.device)
+        self.compute, ignored = compute_for(self.config.amp, self.config.channels_last)
         if ignored:
             self.log_warning(fl_ctx, ignored)
-        self.models = {kind: model.to(self.device, memory_format=self.gpu.memory_format)
+        self.models = {kind: model.to(self.compute.device, memory_format=self.compute.memory_format)
                        for kind, model in build_models(self.config.as_dict()).items()}
         self.optimizers = {
             "global": torch.optim.Adam(self.models["global"].parameters(), lr=self.config.learning_rate),
@@ -97,8 +96,7 @@ class FedSMLearner(Executor):
         self.state_checked = False  # the first task decides whether the saved client state continues
         self.ready = True
         self.log_info(fl_ctx, f"{self.client_name}: {data.num_training} training and "
-                              f"{self.num_validation} validation images, device {self.device}"
-                              + (f" ({self.gpu})" if self.device.type == "cuda" else ""))
+                              f"{self.num_validation} validation images, device {self.compute}")
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
         if task_name not in (self.train_task_name, self.validate_task_name):
@@ -114,10 +112,10 @@ class FedSMLearner(Executor):
             self.log_error(fl_ctx, f"bad task data: {error}")
             return make_reply(ReturnCode.BAD_TASK_DATA)
         del shareable
-        reset_gpu_peak(self.device)
+        reset_gpu_peak(self.compute.device)
         if not self.state_checked:
             self._restore_client_state(task.round, fl_ctx)
-        if self.device.type == "cpu":
+        if self.compute.device.type == "cpu":
             torch.set_num_threads(cpu_threads(self.config.torch_threads, task.num_clients if self.in_simulator else 1))
         # seeded per round, so a resumed run draws the same shuffles and dropout masks as an uninterrupted one
         torch.manual_seed(self.config.seed + task.round)
@@ -131,7 +129,7 @@ class FedSMLearner(Executor):
         reply = FedSMUpdate(round=task.round, label=task.label, metrics=metrics, num_validation=self.num_validation,
                             seconds=seconds)
         if task_name == self.validate_task_name:
-            reply.memory = memory_use(self.device)
+            reply.memory = memory_use(self.compute.device)
             return reply.to_shareable()
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
@@ -141,7 +139,7 @@ class FedSMLearner(Executor):
         save_client_state(self.state_dir, task.round, self._carried_optimizers(), self.best_metrics)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
-        reply.memory = memory_use(self.device)
+        reply.memory = memory_use(self.compute.device)
         return reply.to_shareable()
 
     def _carried_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -158,12 +156,10 @@ class FedSMLearner(Executor):
         (self.log_warning if restore.warning else self.log_info)(fl_ctx, restore.message)
 
     def _validate(self, round_number: int, num_rounds: int, label: int, fl_ctx: FLContext) -> dict[str, float]:
-        accuracy, confidence = validate_selector(self.models["selector"], self.val_loader, label, self.device,
-                                                 self.gpu)
+        accuracy, confidence = validate_selector(self.models["selector"], self.val_loader, label, self.compute)
         metrics = {
-            GLOBAL_METRIC: validate_segmentation(self.models["global"], self.val_loader, self.device, self.gpu),
-            PERSONALIZED_METRIC: validate_segmentation(self.models["personalized"], self.val_loader, self.device,
-                                                       self.gpu),
+            GLOBAL_METRIC: validate_segmentation(self.models["global"], self.val_loader, self.compute),
+            PERSONALIZED_METRIC: validate_segmentation(self.models["personalized"], self.val_loader, self.compute),
             SELECTOR_METRIC: accuracy,
             SELECTOR_CONFIDENCE: confidence,
         }
@@ -186,13 +182,13 @@ class FedSMLearner(Executor):
         loads new ones), so their memory is free before the upload."""
         epochs = self.config.local_epochs
         loss_global, steps = train_segmentation(self.models["global"], self.optimizers["global"], self.train_loader,
-                                                epochs, self.device, self.gpu)
+                                                epochs, self.compute)
         loss_personalized, _ = train_segmentation(self.models["personalized"], self.optimizers["personalized"],
-                                                  self.train_loader, epochs, self.device, self.gpu)
+                                                  self.train_loader, epochs, self.compute)
         moments, task.selector_moments = task.selector_moments, None
         selector_upload, loss_selector = self.mode.client_step(
             self.models["selector"], self.optimizers["selector"], self.selector_loader, task.label,
-            self.config.selector_local_epochs, self.device, task.selector, moments, self.gpu)
+            self.config.selector_local_epochs, self.compute, task.selector, moments)
         del moments
         task.selector = None
         losses = {GLOBAL_LOSS: loss_global, PERSONALIZED_LOSS: loss_personalized, SELECTOR_LOSS: loss_selector}
