@@ -54,14 +54,17 @@ class SelectorTraining:
         return self.server_rule(selector, moments, lr)
 
     def client_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, label: int,
-                    epochs: int, compute: Compute, received: Weights,
+                    epochs: int, compute: Compute, received: Weights | None,
                     moments: Weights | None) -> tuple[SelectorUpload, float]:
         """Train the selector on this site (received weights already loaded into `model`); returns what
-        to upload and the mean loss."""
+        to upload and the mean loss. `received` (the weights as sent) is needed only where clients step
+        Adam and upload a weight difference; gradient modes take None, so a client need not hold them."""
         if not self.clients_step_adam:
             loss = selector_full_batch_gradient(model, loader, label, compute)
             gradient = {name: param.grad.detach().cpu().numpy() for name, param in model.named_parameters()}
             return SelectorUpload(gradient=gradient), loss
+        if received is None:
+            raise ValueError(f"'{self.name}' uploads a weight difference and needs the received selector weights")
         # the received moments are handed over to the optimizer, not copied
         load_adam_moments(optimizer, model.named_parameters(), moments or {}, share_memory=True)
         loss = train_selector_full_batch(model, optimizer, loader, label, epochs, compute)

@@ -59,10 +59,20 @@ def _prior_moments(model):
 
 def _client_step(mode, model, moments, epochs=1):
     received = _copies(get_weights(model))
+    training = selector_training(mode)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    upload, loss = selector_training(mode).client_step(model, optimizer, _loader(), LABEL, epochs, CPU, received,
-                                                       None if moments is None else _copies(moments))
+    # as the learner calls it: gradient modes do not keep the received weights
+    upload, loss = training.client_step(model, optimizer, _loader(), LABEL, epochs, CPU,
+                                        received if training.clients_step_adam else None,
+                                        None if moments is None else _copies(moments))
     return upload, loss, received, optimizer
+
+
+def test_client_adam_without_the_received_weights_says_what_it_needs():
+    model = _selector()
+    with pytest.raises(ValueError, match="'client_adam' uploads a weight difference and needs the received selector"):
+        selector_training("client_adam").client_step(model, torch.optim.Adam(model.parameters(), lr=LR), _loader(),
+                                                     LABEL, 1, CPU, None, None)
 
 
 def test_modes_are_registered_by_name_and_an_unknown_one_lists_them():

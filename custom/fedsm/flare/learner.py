@@ -123,6 +123,8 @@ class FedSMLearner(Executor):
         set_weights(self.models["global"], task.global_model)
         set_weights(self.models["personalized"], task.personalized)
         set_weights(self.models["selector"], task.selector)
+        if not self.mode.clients_step_adam:
+            task.selector = None  # only a weight difference needs the received selector; free it for the round
         started, busy_from = time.monotonic(), time.time()
         metrics = self._validate(task.round, task.num_rounds, task.label, fl_ctx)
         seconds = {"validate": time.monotonic() - started, "busy_from": busy_from, "busy_until": time.time()}
