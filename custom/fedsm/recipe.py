@@ -27,7 +27,7 @@ from nvflare.job_config.defs import FilterType
 from nvflare.recipe.spec import ExecEnv, Recipe
 
 from .config import TrainConfig
-from .core.label_mapping import check_label_mapping
+from .core.label_mapping import LABEL_MAPPING, configured_label_mapping
 from .job_config import derive_job
 
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "fedsm_prostate"
@@ -37,7 +37,6 @@ FILTER_KEYS = {"task_data_filters": FilterType.TASK_DATA, "task_result_filters":
 # keys FedJob writes itself; every other top-level key of an app config is carried over as a parameter
 APP_STRUCTURE = {"format_version", "components", "workflows", "executors", *FILTER_KEYS}
 META_BY_FEDJOB = {"name", "min_clients", "mandatory_clients", "deploy_map"}
-LABEL_MAPPING = "client_id_label_mapping"
 
 # a filter alone applies to every task; a (filter, tasks) pair to those tasks
 FilterSpec = Filter | tuple[Filter, Sequence[str]]
@@ -115,8 +114,7 @@ class FedSMRecipe(Recipe):
         train = TrainConfig.from_dict(_read(config_dir / "config_train.json"),
                                       source=f"config_train.json of {job_folder} with {self.settings}")
         server = _read(config_dir / SERVER_CONFIG)
-        self.client_id_label_mapping = check_label_mapping(self._workflow_args(server)[LABEL_MAPPING],
-                                                           train.select_num_classes)
+        self.client_id_label_mapping = configured_label_mapping(server, train.select_num_classes, SERVER_CONFIG)
         self.clients = list(self.client_id_label_mapping)
 
         job = self._new_job(_read(derived / "meta.json"))
@@ -143,13 +141,6 @@ class FedSMRecipe(Recipe):
         if both:
             raise ValueError(f"{both} given both as a FedSMRecipe argument and in overrides; give each once")
         return {**overrides, **named}
-
-    @staticmethod
-    def _workflow_args(server: dict) -> dict:
-        workflows = server.get("workflows", [])
-        if len(workflows) != 1 or LABEL_MAPPING not in workflows[0].get("args", {}):
-            raise ValueError(f"{SERVER_CONFIG}: expected one workflow with the argument '{LABEL_MAPPING}'")
-        return workflows[0]["args"]
 
     @staticmethod
     def _new_job(meta: dict) -> FedJob:

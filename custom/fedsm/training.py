@@ -1,13 +1,26 @@
 """Local training and validation of the three FedSM models (plain PyTorch, no NVFlare)."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from monai.losses import DiceLoss
 from torch import nn
 
 from .core.dice import binarize, dice_per_image, mean_dice
+from .models.networks import build_models
 from .runtime import Compute
+
+
+def build_local_models(train_config: Mapping, compute: Compute) -> tuple[dict[str, nn.Module],
+                                                                          dict[str, torch.optim.Optimizer]]:
+    """A client's three models (`build_models`) on `compute`'s device and memory format, and the Adam
+    optimizer of each: the UNets at `learning_rate`, the selector at `learning_rate_select`."""
+    models = {kind: model.to(compute.device, memory_format=compute.memory_format)
+              for kind, model in build_models(train_config).items()}
+    rates = {"global": train_config["learning_rate"], "personalized": train_config["learning_rate"],
+             "selector": train_config["learning_rate_select"]}
+    optimizers = {kind: torch.optim.Adam(model.parameters(), lr=rates[kind]) for kind, model in models.items()}
+    return models, optimizers
 
 
 def _batches(loader: Iterable, compute: Compute):

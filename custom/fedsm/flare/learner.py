@@ -21,13 +21,12 @@ from ..io.checkpoint import save_checkpoint
 from ..io.client_state import (apply_client_state, client_state_dir, copy_missing, restorable_state,
                                save_client_state)
 from ..memory import memory_use, release_free_heap, reset_gpu_peak
-from ..models.networks import build_models
 from ..models.weights import get_weights, set_weights, weight_difference
 from ..runtime import SIMULATOR_JOB_ID, compute_for, cpu_threads
 from ..selector_training import selector_training
 from ..tags import (GLOBAL_LOSS, GLOBAL_METRIC, PERSONALIZED_LOSS, PERSONALIZED_METRIC, SELECTOR_CONFIDENCE,
                     SELECTOR_LOSS, SELECTOR_METRIC)
-from ..training import train_segmentation, validate_segmentation, validate_selector
+from ..training import build_local_models, train_segmentation, validate_segmentation, validate_selector
 from .messages import GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS, START_ERROR_HEADER, FedSMTask, FedSMUpdate, \
     MessageError, public_reason
 
@@ -79,13 +78,7 @@ class FedSMLearner(Executor):
         self.compute, ignored = compute_for(self.config.amp, self.config.channels_last)
         if ignored:
             self.log_warning(fl_ctx, ignored)
-        self.models = {kind: model.to(self.compute.device, memory_format=self.compute.memory_format)
-                       for kind, model in build_models(self.config.as_dict()).items()}
-        self.optimizers = {
-            "global": torch.optim.Adam(self.models["global"].parameters(), lr=self.config.learning_rate),
-            "personalized": torch.optim.Adam(self.models["personalized"].parameters(), lr=self.config.learning_rate),
-            "selector": torch.optim.Adam(self.models["selector"].parameters(), lr=self.config.learning_rate_select),
-        }
+        self.models, self.optimizers = build_local_models(self.config.as_dict(), self.compute)
         unet_shapes, selector_shapes = shapes_of(get_weights(self.models["global"])), \
             shapes_of(get_weights(self.models["selector"]))
         self.task_shapes = {GLOBAL: unet_shapes, PERSONALIZED: unet_shapes, SELECTOR: selector_shapes,
