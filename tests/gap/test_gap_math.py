@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from matplotlib.container import BarContainer
 from torch import nn
 
 from fedsm.core.super_model import GLOBAL_MODEL
@@ -244,3 +245,28 @@ def test_images_without_dice_are_left_out_of_site_means_pooled_means_and_compari
     result = gap_report.compare("x", "y", [np.array([0.5, np.nan, 0.7])], [np.array([0.4, np.nan, 0.4])])
     assert result.difference == pytest.approx(0.2)
     assert result.bootstrap_low == pytest.approx(0.1) and result.bootstrap_high == pytest.approx(0.3)
+
+
+def _method(name, per_site, pooled):
+    return gap_report.MethodResult(name=name, dice={site: np.asarray(values) for site, values in per_site.items()},
+                                   config={}, source="", pooled=pooled)
+
+
+def test_dice_bars_show_the_spread_over_seeds_on_an_axis_that_starts_near_the_bars():
+    methods = [_method("FedAvg", {"client_A": [0.84, 0.86], "client_B": [0.90]}, 0.8667),
+               _method("FedSM super model", {"client_A": [0.88, 0.90], "client_B": [0.93]}, 0.9033)]
+    stds = {"FedAvg": {"client_A": 0.006, "client_B": 0.002, "pooled": 0.006},
+            "FedSM super model": {"client_A": 0.011, "client_B": 0.010, "pooled": 0.008}}
+    columns = ["client_A", "client_B", "pooled"]
+    figure = gap_report.plot_dice_bars(methods, columns, [], stds, seeds=3)
+    axis = figure.get_axes()[0]
+    assert axis.get_ylim()[0] == pytest.approx(0.7)  # 0.1 below the lowest bar (0.85), floored to a tenth
+    bars = [c for c in axis.containers if isinstance(c, BarContainer)]
+    assert len(bars) == 2 and all(c.errorbar is not None for c in bars)
+    assert [bar.get_height() for bar in bars[1]] == pytest.approx([0.89, 0.93, 0.9033])
+    spreads = [segment[1][1] - segment[0][1] for segment in bars[1].errorbar.lines[2][0].get_segments()]
+    assert spreads == pytest.approx([0.022, 0.020, 0.016])  # ± one std
+    assert "mean ± std over 3 seeds" in axis.get_title()
+    one_seed = gap_report.plot_dice_bars(methods, columns, [], stds, seeds=1).get_axes()[0]
+    assert all(c.errorbar is None for c in one_seed.containers if isinstance(c, BarContainer))
+    assert "std" not in one_seed.get_title()
