@@ -107,7 +107,7 @@ def train_baseline(name: str, data: SiteData, config: TrainConfig, num_rounds: i
     """Train one UNet on `data`'s training split for `num_rounds` x `local_epochs` epochs, keep the best
     by Dice on its validation split; writes best/last checkpoints and results.json into `output`."""
     torch.manual_seed(config.seed)
-    model = build_unet().to(compute.device, memory_format=compute.memory_format)
+    model = compute.place(build_unet())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     train_loader, val_loader = data.train_loader, data.val_loader
     output.mkdir(parents=True, exist_ok=True)

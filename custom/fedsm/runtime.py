@@ -4,8 +4,11 @@
 import contextlib
 import dataclasses
 import os
+from typing import TypeVar
 
 import torch
+
+Placeable = TypeVar("Placeable", torch.nn.Module, torch.Tensor)
 
 SIMULATOR_JOB_ID = "simulate_job"  # the job id NVFlare's simulator gives every run
 
@@ -40,6 +43,10 @@ class Compute:
     def memory_format(self) -> torch.memory_format:
         """The memory format of models and image batches."""
         return torch.channels_last if self.channels_last else torch.preserve_format
+
+    def place(self, tensor_or_module: Placeable) -> Placeable:
+        """A module or tensor on this device in this memory format (modules move in place)."""
+        return tensor_or_module.to(self.device, memory_format=self.memory_format)
 
     def __str__(self) -> str:
         """The device, on CUDA with the switches: e.g. `cuda (amp on, channels_last off)`."""

@@ -15,8 +15,7 @@ def build_local_models(train_config: Mapping, compute: Compute) -> tuple[dict[st
                                                                           dict[str, torch.optim.Optimizer]]:
     """A client's three models (`build_models`) on `compute`'s device and memory format, and the Adam
     optimizer of each: the UNets at `learning_rate`, the selector at `learning_rate_select`."""
-    models = {kind: model.to(compute.device, memory_format=compute.memory_format)
-              for kind, model in build_models(train_config).items()}
+    models = {kind: compute.place(model) for kind, model in build_models(train_config).items()}
     rates = {"global": train_config["learning_rate"], "personalized": train_config["learning_rate"],
              "selector": train_config["learning_rate_select"]}
     optimizers = {kind: torch.optim.Adam(model.parameters(), lr=rates[kind]) for kind, model in models.items()}
@@ -25,8 +24,7 @@ def build_local_models(train_config: Mapping, compute: Compute) -> tuple[dict[st
 
 def _batches(loader: Iterable, compute: Compute):
     for batch in loader:
-        yield (batch["image"].to(compute.device, memory_format=compute.memory_format),
-               batch["label"].to(compute.device))
+        yield compute.place(batch["image"]), batch["label"].to(compute.device)
 
 
 def _forward(model: nn.Module, images: torch.Tensor, compute: Compute) -> torch.Tensor:

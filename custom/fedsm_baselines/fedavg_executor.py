@@ -86,7 +86,7 @@ class UNetFedAvgExecutor(Executor):
         if self.compute.device.type == "cpu":
             in_simulator = fl_ctx.get_job_id() == SIMULATOR_JOB_ID
             torch.set_num_threads(cpu_threads(self.config.torch_threads, self.clients_per_host if in_simulator else 1))
-        self.model = build_unet().to(self.compute.device, memory_format=self.compute.memory_format)
+        self.model = self.compute.place(build_unet())
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
         self.writer = SummaryWriter(log_dir=str(self.app_root))
         self.ready = True
