@@ -33,7 +33,7 @@ from fedsm.data.site_data import SiteData, load_site_data
 from fedsm.job_config import CONFIG_FILES, derive_job, parse_override
 from fedsm.memory import memory_use
 from fedsm.runtime import Compute, compute_for, cpu_threads
-from fedsm.training import (build_local_models, selector_full_batch_gradient, train_segmentation,
+from fedsm.training import (build_local_models, selector_adam_step, selector_full_batch_gradient, train_segmentation,
                             validate_segmentation, validate_selector)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,17 +76,13 @@ def round_parts(config: TrainConfig, data: SiteData, models: dict, optimizers: d
     unet, selector, selector_optimizer = models["global"], models["selector"], optimizers["selector"]
     batches = f"batches of {config.selector_batch_size}"
 
-    def selector_step() -> None:
-        selector_optimizer.step()
-        selector_optimizer.zero_grad(set_to_none=True)
-
     return {
         "iterate the cached training loader once": lambda: sum(1 for _ in data.train_loader),
         f"one UNet epoch, batch size {config.batch_size}": lambda: train_segmentation(
             unet, optimizers["global"], data.train_loader, 1, compute),
         f"selector full-batch gradient, {batches}": lambda: selector_full_batch_gradient(
             selector, data.selector_loader, label, compute),
-        "one Adam step of the selector": selector_step,
+        "one Adam step of the selector": lambda: selector_adam_step(selector, selector_optimizer, {}),
         f"selector validation, {batches}": lambda: validate_selector(selector, data.val_loader, label, compute),
         f"one UNet validation, {batches}": lambda: validate_segmentation(unet, data.val_loader, compute),
     }

@@ -21,7 +21,6 @@ from .core.adam_moments import extract_adam_moments, load_adam_moments
 from .core.model_set import Weights
 from .core.selector_update import (ClientAdamOnServerSelector, ClientAdamSelector, SelectorUpload,
                                    ServerAdamSelector, expected_moment_shapes)
-from .models.weights import get_weights, weight_difference
 from .runtime import Compute
 from .training import selector_full_batch_gradient, train_selector_full_batch
 
@@ -53,22 +52,20 @@ class SelectorTraining:
             return self.server_rule(selector, moments)
         return self.server_rule(selector, moments, lr)
 
-    def client_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, label: int,
-                    epochs: int, compute: Compute, received: Weights | None,
-                    moments: Weights | None) -> tuple[SelectorUpload, float]:
+    def client_step(self, model: nn.Module, optimizer: torch.optim.Adam, loader: Iterable, label: int,
+                    epochs: int, compute: Compute, moments: Weights | None) -> tuple[SelectorUpload, float]:
         """Train the selector on this site (received weights already loaded into `model`); returns what
-        to upload and the mean loss. `received` (the weights as sent) is needed only where clients step
-        Adam and upload a weight difference; gradient modes take None, so a client need not hold them."""
+        to upload and the mean loss. No mode needs the received weights once they are loaded: where
+        clients step Adam, the weight difference is the steps' updates, taken from `optimizer`'s state
+        after `moments` (the server's averaged moments) replace it."""
         if not self.clients_step_adam:
             loss = selector_full_batch_gradient(model, loader, label, compute)
             gradient = {name: param.grad.detach().cpu().numpy() for name, param in model.named_parameters()}
             return SelectorUpload(gradient=gradient), loss
-        if received is None:
-            raise ValueError(f"'{self.name}' uploads a weight difference and needs the received selector weights")
         # the received moments are handed over to the optimizer, not copied
         load_adam_moments(optimizer, model.named_parameters(), moments or {}, share_memory=True)
-        loss = train_selector_full_batch(model, optimizer, loader, label, epochs, compute)
-        diff = weight_difference(get_weights(model), received)
+        change, loss = train_selector_full_batch(model, optimizer, loader, label, epochs, compute)
+        diff = {name: tensor.cpu().numpy() for name, tensor in change.items()}
         return SelectorUpload(diff=diff, moments=extract_adam_moments(optimizer, model.named_parameters())), loss
 
 

@@ -7,6 +7,7 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from .core.dice import binarize, dice_per_image, mean_dice
+from .core.selector_update import adam_update
 from .models.networks import build_models
 from .runtime import Compute
 
@@ -75,20 +76,42 @@ def selector_full_batch_gradient(model: nn.Module, loader: Iterable, label: int,
 
 def train_selector_full_batch(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Adam,
     loader: Iterable,
     label: int,
     epochs: int,
     compute: Compute,
-) -> float:
-    """Full-batch selector training: per epoch, the full-batch gradient, then one optimizer step.
-    Returns the mean loss."""
+) -> tuple[dict[str, torch.Tensor], float]:
+    """Full-batch selector training: per epoch, the full-batch gradient, then `selector_adam_step`.
+    Returns the weight change over all epochs by parameter name, and the mean loss."""
+    change: dict[str, torch.Tensor] = {}
     losses = []
     for _ in range(epochs):
         losses.append(selector_full_batch_gradient(model, loader, label, compute))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)  # the selector's gradients can be large (VGG11: 0.5 GB)
-    return sum(losses) / len(losses)
+        selector_adam_step(model, optimizer, change)
+    return change, sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def selector_adam_step(model: nn.Module, optimizer: torch.optim.Adam, change: dict[str, torch.Tensor]) -> None:
+    """One Adam step of `model` from its `.grad`, on `optimizer`'s state and `lr` (`adam_update`:
+    torch.optim.Adam's math), adding each parameter's update to `change` (by name).
+
+    The update is built in the gradient's own buffer, which then leaves the parameter; so the weights
+    a round started from need not be held to upload its weight difference.
+    """
+    lr = optimizer.param_groups[0]["lr"]
+    for name, param in model.named_parameters():
+        state = optimizer.state[param]
+        previous = (state["exp_avg"], state["exp_avg_sq"]) if state else None
+        if not state:
+            state.update(step=torch.tensor(0.0), exp_avg=torch.empty_like(param), exp_avg_sq=torch.empty_like(param))
+        state["step"] += 1
+        update = adam_update(param.grad, previous, float(state["step"]), lr, (state["exp_avg"], state["exp_avg_sq"]),
+                             param.grad)
+        param.add_(update)
+        change[name] = change[name].add_(update) if name in change else update
+        param.grad = None
 
 
 @torch.no_grad()

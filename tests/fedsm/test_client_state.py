@@ -137,8 +137,7 @@ def test_client_adam_selector_step_does_not_depend_on_the_clients_earlier_optimi
         _steps(model, optimizer, earlier_steps)  # what the client's optimizer held before this round
         model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in received.items()})
         moments = {k: np.array(v) for k, v in server_moments.items()}
-        upload, _ = selector_training("client_adam").client_step(model, optimizer, loader, 1, 1, CPU,
-                                                                 dict(received), moments)
+        upload, _ = selector_training("client_adam").client_step(model, optimizer, loader, 1, 1, CPU, moments)
         uploads.append(upload)
     for part in ("diff", "moments"):
         first, second = getattr(uploads[0], part), getattr(uploads[1], part)

@@ -88,8 +88,7 @@ class ProjectClient:
         _, steps = train_segmentation(self.models["global"], self.optimizers["global"], self.batches, EPOCHS, CPU)
         train_segmentation(self.models["personalized"], self.optimizers["personalized"], self.batches, EPOCHS, CPU)
         upload, _ = selector_training(mode).client_step(self.models["selector"], self.optimizers["selector"],
-                                                        self.batches, task.label, selector_epochs, CPU, task.selector,
-                                                        task.selector_moments)
+                                                        self.batches, task.label, selector_epochs, CPU, task.selector_moments)
         reply = FedSMUpdate(round=task.round, label=task.label, metrics={tag: 0.5 for tag in METRIC_TAGS},
                             num_validation=1, seconds={})
         reply.add_training(weight_difference(get_weights(self.models["global"]), task.global_model),

@@ -50,7 +50,7 @@ def _client_round(compute: Compute) -> dict:
     loader = _loader()
     loss, _ = train_segmentation(unet, torch.optim.Adam(unet.parameters(), lr=1e-3), loader, 1, compute)
     upload, selector_loss = selector_training("client_adam_on_server").client_step(
-        selector, torch.optim.Adam(selector.parameters()), loader, LABEL, 1, compute, get_weights(selector), None)
+        selector, torch.optim.Adam(selector.parameters()), loader, LABEL, 1, compute, None)
     metrics = (validate_segmentation(unet, loader, compute), *validate_selector(selector, loader, LABEL, compute))
     return {"losses": (loss, selector_loss), "metrics": metrics, "unet": get_weights(unet),
             "gradient": upload.gradient}

@@ -16,6 +16,7 @@ from fedsm.models.weights import get_weights
 from fedsm.runtime import Compute
 from fedsm.selector_training import SELECTOR_TRAININGS, selector_training
 from fedsm.tags import METRIC_TAGS
+from fedsm.training import selector_adam_step, selector_full_batch_gradient
 
 GRADIENT_MODES = ["client_adam_on_server", "server_adam"]
 LABEL, LR, CPU = 1, 1e-2, Compute(torch.device("cpu"))
@@ -59,20 +60,10 @@ def _prior_moments(model):
 
 def _client_step(mode, model, moments, epochs=1):
     received = _copies(get_weights(model))
-    training = selector_training(mode)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    # as the learner calls it: gradient modes do not keep the received weights
-    upload, loss = training.client_step(model, optimizer, _loader(), LABEL, epochs, CPU,
-                                        received if training.clients_step_adam else None,
-                                        None if moments is None else _copies(moments))
+    upload, loss = selector_training(mode).client_step(model, optimizer, _loader(), LABEL, epochs, CPU,
+                                                       None if moments is None else _copies(moments))
     return upload, loss, received, optimizer
-
-
-def test_client_adam_without_the_received_weights_says_what_it_needs():
-    model = _selector()
-    with pytest.raises(ValueError, match="'client_adam' uploads a weight difference and needs the received selector"):
-        selector_training("client_adam").client_step(model, torch.optim.Adam(model.parameters(), lr=LR), _loader(),
-                                                     LABEL, 1, CPU, None, None)
 
 
 def test_modes_are_registered_by_name_and_an_unknown_one_lists_them():
@@ -129,6 +120,22 @@ def test_client_adam_step_uploads_the_trained_difference_and_moments_by_name(wit
     assert float(upload.moments["step"]) == (4.0 if with_moments else 2.0)
     assert loss == pytest.approx(np.mean(losses) / _num_images(), rel=1e-5)  # reported per image
 
+
+
+def test_client_adam_builds_its_weight_difference_in_the_gradient_buffers():
+    """The client holds no copy of the weights it started from: each parameter's update is written over
+    its gradient, whose buffer then leaves the parameter."""
+    model = _selector()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    selector_full_batch_gradient(model, _loader(), LABEL, CPU)
+    gradient_buffers = {name: param.grad.data_ptr() for name, param in model.named_parameters()}
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    change = {}
+    selector_adam_step(model, optimizer, change)
+    for name, param in model.named_parameters():
+        assert param.grad is None and change[name].data_ptr() == gradient_buffers[name]
+        torch.testing.assert_close(change[name], param.detach() - before[name], rtol=1e-5, atol=1e-8)
+        assert change[name].abs().max() > 0
 
 @pytest.mark.parametrize("mode", GRADIENT_MODES)
 def test_gradient_modes_upload_the_full_batch_gradient_and_take_no_step(mode):

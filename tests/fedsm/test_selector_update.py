@@ -5,11 +5,11 @@ import torch
 from fedsm.core.adam_moments import extract_adam_moments
 from fedsm.core.model_set import ModelSet
 from fedsm.core.round_aggregation import RoundAggregator
-from fedsm.core.selector_update import SelectorUpload, adam_step
+from fedsm.core.selector_update import SelectorUpload, adam_step, adam_update
 from fedsm.selector_training import selector_training
 
 
-def test_numpy_adam_step_matches_torch_adam_over_several_steps():
+def test_adam_step_on_arrays_matches_torch_adam_over_several_steps():
     torch.manual_seed(0)
     param = torch.nn.Parameter(torch.randn(5, 3))
     optimizer = torch.optim.Adam([param], lr=1e-2)
@@ -26,6 +26,26 @@ def test_numpy_adam_step_matches_torch_adam_over_several_steps():
         np.testing.assert_allclose(moments[key], torch_moments[key], rtol=1e-5, atol=1e-9)
     assert weights["p"].dtype == np.float32 and moments["exp_avg/p"].dtype == np.float32
 
+
+
+def test_adam_update_in_place_matches_torch_adam_and_overwrites_only_its_outputs():
+    """The client's use: moments step in place and the update is written over the gradient."""
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(5, 3))
+    optimizer = torch.optim.Adam([param], lr=1e-2)
+    weights, exp_avg, exp_avg_sq = param.detach().clone(), torch.empty(5, 3), torch.empty(5, 3)
+    previous = None
+    for step in range(1, 4):
+        gradient = torch.randn(5, 3)
+        param.grad = gradient.clone()
+        optimizer.step()
+        update = adam_update(gradient, previous, float(step), 1e-2, (exp_avg, exp_avg_sq), gradient)
+        assert update.data_ptr() == gradient.data_ptr()
+        weights.add_(update)
+        previous = (exp_avg, exp_avg_sq)
+    torch.testing.assert_close(weights, param.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(exp_avg, optimizer.state[param]["exp_avg"], rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(exp_avg_sq, optimizer.state[param]["exp_avg_sq"], rtol=1e-5, atol=1e-9)
 
 LABELS = {"a": 0, "b": 1}
 

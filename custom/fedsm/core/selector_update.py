@@ -40,36 +40,49 @@ def expected_moment_shapes(selector: Mapping[str, np.ndarray]) -> dict[str, tupl
     return shapes
 
 
-def adam_step(
-    weights: Weights, gradient: Weights, moments: Weights, lr: float, betas=(0.9, 0.999), eps: float = 1e-8
-) -> tuple[Weights, Weights]:
-    """One step of Adam (as `torch.optim.Adam` with default options), in NumPy, keeping dtypes.
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as FedSM trains its selector
+
+
+def adam_update(grad: torch.Tensor, previous: tuple[torch.Tensor, torch.Tensor] | None, step: float, lr: float,
+                moments_out: tuple[torch.Tensor, torch.Tensor], update_out: torch.Tensor,
+                betas: tuple[float, float] = ADAM_BETAS, eps: float = ADAM_EPS) -> torch.Tensor:
+    """One Adam step of one parameter, as `torch.optim.Adam` with default options: the new `exp_avg`
+    and `exp_avg_sq` from `previous` (None before the first step) and `grad`, written to
+    `moments_out`, and the weight update (new minus old weights) written to `update_out`, returned.
+
+    Written out in place so that every caller holds no more than it must: `moments_out` may be
+    `previous` (the moments step in place) and `update_out` may be `grad` or `moments_out[1]` (both are
+    read before it is written). `step` counts this step (1 for the first).
+    """
+    beta1, beta2 = betas
+    exp_avg, exp_avg_sq = moments_out
+    if previous is None:
+        torch.mul(grad, 1.0 - beta1, out=exp_avg)
+        torch.mul(grad, grad, out=exp_avg_sq).mul_(1.0 - beta2)
+    else:
+        torch.mul(previous[0], beta1, out=exp_avg).add_(grad, alpha=1.0 - beta1)
+        torch.mul(previous[1], beta2, out=exp_avg_sq).addcmul_(grad, grad, value=1.0 - beta2)
+    bias1, bias2_sqrt = 1.0 - beta1**step, math.sqrt(1.0 - beta2**step)
+    denom = torch.sqrt(exp_avg_sq, out=update_out).div_(bias2_sqrt).add_(eps)
+    return torch.div(exp_avg, denom, out=update_out).mul_(-lr / bias1)
+
+
+def adam_step(weights: Weights, gradient: Weights, moments: Weights, lr: float) -> tuple[Weights, Weights]:
+    """One Adam step (`adam_update`) of every parameter in `gradient`, keeping dtypes.
 
     `moments` holds `exp_avg/<name>`, `exp_avg_sq/<name>` and `step` (empty: a fresh optimizer).
     Returns new weights and new moments; the inputs are not modified.
     """
-    beta1, beta2 = betas
     step = float(moments.get(STEP_KEY, 0.0)) + 1.0
-    bias1, bias2_sqrt = 1.0 - beta1**step, np.sqrt(1.0 - beta2**step)
     new_weights, new_moments = {}, {STEP_KEY: np.asarray(step, dtype=np.float32)}
     for name, grad in gradient.items():
-        dtype = weights[name].dtype
-        exp_avg = np.multiply(grad, 1 - beta1, dtype=dtype)
-        exp_avg_sq = np.multiply(grad, grad, dtype=dtype)
-        exp_avg_sq *= 1 - beta2
-        if moment_key("exp_avg", name) in moments:
-            exp_avg += beta1 * moments[moment_key("exp_avg", name)]
-            exp_avg_sq += beta2 * moments[moment_key("exp_avg_sq", name)]
-        # the update, computed in one buffer: w - (lr / bias1) * exp_avg / (sqrt(exp_avg_sq) / bias2_sqrt + eps)
-        update = np.sqrt(exp_avg_sq)
-        update /= bias2_sqrt
-        update += eps
-        np.divide(exp_avg, update, out=update)
-        update *= -lr / bias1
-        update += weights[name]
-        new_weights[name] = update
-        new_moments[moment_key("exp_avg", name)] = exp_avg
-        new_moments[moment_key("exp_avg_sq", name)] = exp_avg_sq
+        weights_now = _as_tensor(weights[name])
+        exp_avg, exp_avg_sq = torch.empty_like(weights_now), torch.empty_like(weights_now)
+        update = adam_update(_as_tensor(grad).to(weights_now.dtype), _previous_moments(moments, name), step, lr,
+                             (exp_avg, exp_avg_sq), torch.empty_like(weights_now))
+        new_weights[name] = update.add_(weights_now).numpy()
+        new_moments[moment_key("exp_avg", name)] = exp_avg.numpy()
+        new_moments[moment_key("exp_avg_sq", name)] = exp_avg_sq.numpy()
     return new_weights, new_moments
 
 
@@ -100,8 +113,8 @@ class ClientAdamOnServerSelector:
     g * g, so the running sums of g and g * g are enough for them.
     """
 
-    def __init__(self, selector: Weights, moments: Weights, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
-        self.selector, self.moments, self.lr, self.betas, self.eps = selector, moments, lr, betas, eps
+    def __init__(self, selector: Weights, moments: Weights, lr: float) -> None:
+        self.selector, self.moments, self.lr = selector, moments, lr
         self.step = float(moments.get(STEP_KEY, 0.0)) + 1.0
         # per parameter: torch dtype and the previous moments as tensors (None in round 0), made once
         self._dtypes = {name: _as_tensor(weights).dtype for name, weights in selector.items()}
@@ -114,26 +127,17 @@ class ClientAdamOnServerSelector:
         weight = float(weight)
         if not weight > 0.0:
             raise ValueError(f"contribution weight must be > 0, got {weight}")
-        beta1, beta2 = self.betas
-        bias1, bias2_sqrt = 1.0 - beta1**self.step, math.sqrt(1.0 - beta2**self.step)
         for name, gradient in upload.gradient.items():
             grad = _as_tensor(gradient).to(self._dtypes[name])
             if name not in self._sums:
                 self._sums[name] = tuple(torch.zeros_like(grad) for _ in range(3))
                 self._scratch[name] = (torch.empty_like(grad), torch.empty_like(grad))
             sum_diff, sum_grad, sum_grad_sq = self._sums[name]
-            exp_avg, denom = self._scratch[name]
             sum_grad.add_(grad, alpha=weight)
             sum_grad_sq.addcmul_(grad, grad, value=weight)
-            previous = self._previous[name]
-            if previous is None:
-                torch.mul(grad, 1.0 - beta1, out=exp_avg)
-                torch.mul(grad, grad, out=denom).mul_(1.0 - beta2)
-            else:
-                torch.mul(previous[0], beta1, out=exp_avg).add_(grad, alpha=1.0 - beta1)
-                torch.mul(previous[1], beta2, out=denom).addcmul_(grad, grad, value=1.0 - beta2)
-            denom.sqrt_().div_(bias2_sqrt).add_(self.eps)
-            sum_diff.addcdiv_(exp_avg, denom, value=-self.lr / bias1 * weight)
+            exp_avg, exp_avg_sq = self._scratch[name]  # this client's moments are needed only for its update
+            update = adam_update(grad, self._previous[name], self.step, self.lr, (exp_avg, exp_avg_sq), exp_avg_sq)
+            sum_diff.add_(update, alpha=weight)
             self._weights[name] = self._weights.get(name, 0.0) + weight
 
     def result(self) -> tuple[Weights, Weights]:
@@ -143,7 +147,7 @@ class ClientAdamOnServerSelector:
             total_weight = self._weights[name]
             selector[name] = sum_diff.div_(total_weight).add_(_as_tensor(self.selector[name])).numpy()
             previous = self._previous[name] or (None, None)
-            for kind, total, beta, before in zip(MOMENT_KINDS, (sum_grad, sum_grad_sq), self.betas, previous):
+            for kind, total, beta, before in zip(MOMENT_KINDS, (sum_grad, sum_grad_sq), ADAM_BETAS, previous):
                 mean = total.div_(total_weight).mul_(1.0 - beta)
                 if before is not None:
                     mean.add_(before, alpha=beta)

@@ -116,8 +116,7 @@ class FedSMLearner(Executor):
         set_weights(self.models["global"], task.global_model)
         set_weights(self.models["personalized"], task.personalized)
         set_weights(self.models["selector"], task.selector)
-        if not self.mode.clients_step_adam:
-            task.selector = None  # only a weight difference needs the received selector; free it for the round
+        task.selector = None  # no mode needs the received selector once loaded; free it for the round
         started, busy_from = time.monotonic(), time.time()
         metrics = self._validate(task.round, task.num_rounds, task.label, fl_ctx)
         seconds = {"validate": time.monotonic() - started, "busy_from": busy_from, "busy_until": time.time()}
@@ -183,9 +182,8 @@ class FedSMLearner(Executor):
         moments, task.selector_moments = task.selector_moments, None
         selector_upload, loss_selector = self.mode.client_step(
             self.models["selector"], self.optimizers["selector"], self.selector_loader, task.label,
-            self.config.selector_local_epochs, self.compute, task.selector, moments)
+            self.config.selector_local_epochs, self.compute, moments)
         del moments
-        task.selector = None
         losses = {GLOBAL_LOSS: loss_global, PERSONALIZED_LOSS: loss_personalized, SELECTOR_LOSS: loss_selector}
         for tag, value in losses.items():
             self.writer.add_scalar(tag, value, task.round)
