@@ -58,15 +58,20 @@ class SelectorTraining:
         to upload and the mean loss. No mode needs the received weights once they are loaded: where
         clients step Adam, the weight difference is the steps' updates, taken from `optimizer`'s state
         after `moments` (the server's averaged moments) replace it."""
+        # The upload's arrays keep their buffers alive until it is sent; the model and optimizer let go of
+        # them, so that they are not still held beside the next round's received selector and moments.
         if not self.clients_step_adam:
             loss = selector_full_batch_gradient(model, loader, label, compute)
             gradient = {name: param.grad.detach().cpu().numpy() for name, param in model.named_parameters()}
+            model.zero_grad(set_to_none=True)
             return SelectorUpload(gradient=gradient), loss
         # the received moments are handed over to the optimizer, not copied
         load_adam_moments(optimizer, model.named_parameters(), moments or {}, share_memory=True)
         change, loss = train_selector_full_batch(model, optimizer, loader, label, epochs, compute)
-        diff = {name: tensor.cpu().numpy() for name, tensor in change.items()}
-        return SelectorUpload(diff=diff, moments=extract_adam_moments(optimizer, model.named_parameters())), loss
+        upload = SelectorUpload(diff={name: tensor.cpu().numpy() for name, tensor in change.items()},
+                                moments=extract_adam_moments(optimizer, model.named_parameters()))
+        optimizer.state.clear()
+        return upload, loss
 
 
 class ClientAdam(SelectorTraining):

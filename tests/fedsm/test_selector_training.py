@@ -111,6 +111,7 @@ def test_client_adam_step_uploads_the_trained_difference_and_moments_by_name(wit
         losses.append(full_batch.item())
     trained = get_weights(reference)
     assert upload.gradient is None and sorted(upload.diff) == sorted(received)
+    assert not optimizer.state  # the upload alone holds the moments: freed once sent, not kept for the next round
     for name, array in upload.diff.items():
         np.testing.assert_allclose(array, trained[name] - received[name], rtol=1e-5, atol=1e-7)
     expected = extract_adam_moments(reference_optimizer, reference.named_parameters())
@@ -145,6 +146,7 @@ def test_gradient_modes_upload_the_full_batch_gradient_and_take_no_step(mode):
     full_batch = _full_batch_loss(reference)
     gradients = torch.autograd.grad(full_batch, list(reference.parameters()))
     assert upload.diff is None and upload.moments is None and not optimizer.state
+    assert all(param.grad is None for param in model.parameters())  # the upload alone holds the gradient
     assert sorted(upload.gradient) == sorted(received)
     for (name, _), gradient in zip(reference.named_parameters(), gradients):
         np.testing.assert_allclose(upload.gradient[name], gradient.numpy(), rtol=1e-5, atol=1e-7)
