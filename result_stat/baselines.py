@@ -96,10 +96,7 @@ def read_job(job_dir: str | Path) -> JobSetup:
 def job_compute(job: JobSetup, device: torch.device | None = None) -> Compute:
     """What the baselines compute with: the job's `amp` and `channels_last` as its FedSM clients use
     them on `device` (default: the one `fedsm.runtime.choose_device` picks); warns where they are ignored."""
-    compute, ignored = compute_for(job.train_config.amp, job.train_config.channels_last, device)
-    if ignored:
-        logger.warning(ignored)
-    return compute
+    return compute_for(job.train_config.amp, job.train_config.channels_last, device)
 
 
 def train_baseline(name: str, data: SiteData, config: TrainConfig, num_rounds: int,

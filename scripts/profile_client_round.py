@@ -15,7 +15,6 @@ cores shared among three).
 """
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -27,10 +26,10 @@ from typing import Any
 
 import torch
 
-from fedsm.config import TrainConfig
-from fedsm.core.label_mapping import configured_label_mapping, label_of
+from fedsm.config import TrainConfig, read_job_configs
+from fedsm.core.label_mapping import label_of
 from fedsm.data.site_data import SiteData, load_site_data
-from fedsm.job_config import CONFIG_FILES, derive_job, parse_override
+from fedsm.job_config import derive_job, parse_override
 from fedsm.memory import memory_use
 from fedsm.runtime import Compute, compute_for, cpu_threads
 from fedsm.training import (build_local_models, selector_adam_step, selector_full_batch_gradient, train_segmentation,
@@ -45,13 +44,9 @@ logger = logging.getLogger("profile_client_round")
 def read_job(job: str | Path, overrides: dict[str, Any]) -> tuple[TrainConfig, dict[str, int]]:
     """The training config and the checked label mapping of `job` with `overrides` applied."""
     with tempfile.TemporaryDirectory(prefix="fedsm_profile_") as staging:
-        derived = derive_job(job, Path(staging) / "job", overrides)
-        train_file, server_file = derived / CONFIG_FILES["train"], derived / CONFIG_FILES["server"]
-        config = TrainConfig.from_dict(json.loads(train_file.read_text()),
-                                       source=f"{CONFIG_FILES['train']} of {job} with {overrides}")
-        mapping = configured_label_mapping(json.loads(server_file.read_text()), config.select_num_classes,
-                                           source=f"{CONFIG_FILES['server']} of {job}")
-    return config, mapping
+        configs = read_job_configs(derive_job(job, Path(staging) / "job", overrides),
+                                   described_as=f"{job} with {overrides}")
+    return configs.train, configs.label_mapping
 
 
 def synchronize(compute: Compute) -> None:
@@ -144,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     threads = args.threads or cpu_threads(config.torch_threads, SIMULATOR_CLIENTS)
     torch.set_num_threads(threads)
-    compute, ignored = compute_for(config.amp, config.channels_last)
-    if ignored:
-        logger.warning(ignored)
+    compute = compute_for(config.amp, config.channels_last)
     torch.manual_seed(config.seed)
     try:
         data, load_seconds = timed(LOAD_DATA, compute, lambda: load_site_data(config, client))

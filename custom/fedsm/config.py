@@ -1,4 +1,5 @@
-"""The training config of the job (`config_train.json`): keys, defaults, validation, path resolution."""
+"""The training config of the job (`config_train.json`): keys, defaults, validation, path resolution;
+and a job folder's configs read and checked together (`read_job_configs`)."""
 
 import dataclasses
 import json
@@ -6,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .core.label_mapping import configured_label_mapping
+from .job_config import CONFIG_FILES
 from .models.networks import SELECTORS
 from .selector_training import selector_training
 
@@ -100,3 +103,31 @@ def resolve_path(value: str, setting: str) -> Path:
     if "$" in expanded:
         raise ValueError(f"'{setting}' = '{value}' uses an environment variable that is not set")
     return Path(expanded)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfigs:
+    """A FedSM job folder's configs, checked: the training config, the server config (as JSON) and
+    the server's label mapping (client name -> selector label)."""
+
+    train: TrainConfig
+    server: dict[str, Any]
+    label_mapping: dict[str, int]
+
+
+def read_job_configs(job_dir: str | os.PathLike, described_as: str | None = None) -> JobConfigs:
+    """The training and server configs of the job folder `job_dir`, checked; an error names the file
+    at fault as `<file> of <described_as>` (default: the folder; e.g. the source job and its overrides
+    where `job_dir` is a derived copy)."""
+    job_dir = Path(job_dir)
+    name = described_as or str(job_dir)
+    loaded = {}
+    for section in ("train", "server"):
+        try:
+            loaded[section] = json.loads((job_dir / CONFIG_FILES[section]).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"{CONFIG_FILES[section]} of {name}: cannot read it: {error}") from error
+    train = TrainConfig.from_dict(loaded["train"], source=f"{CONFIG_FILES['train']} of {name}")
+    mapping = configured_label_mapping(loaded["server"], train.select_num_classes,
+                                       source=f"{CONFIG_FILES['server']} of {name}")
+    return JobConfigs(train, loaded["server"], mapping)

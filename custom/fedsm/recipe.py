@@ -26,8 +26,8 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 from nvflare.recipe.spec import ExecEnv, Recipe
 
-from .config import TrainConfig
-from .core.label_mapping import LABEL_MAPPING, configured_label_mapping
+from .config import read_job_configs
+from .core.label_mapping import LABEL_MAPPING
 from .job_config import derive_job
 
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "fedsm_prostate"
@@ -111,10 +111,9 @@ class FedSMRecipe(Recipe):
         self._staging = tempfile.TemporaryDirectory(prefix="fedsm_recipe_")
         derived = derive_job(job_folder, Path(self._staging.name) / "job", self.settings)
         config_dir = derived / "app" / "config"
-        train = TrainConfig.from_dict(_read(config_dir / "config_train.json"),
-                                      source=f"config_train.json of {job_folder} with {self.settings}")
-        server = _read(config_dir / SERVER_CONFIG)
-        self.client_id_label_mapping = configured_label_mapping(server, train.select_num_classes, SERVER_CONFIG)
+        configs = read_job_configs(derived, described_as=f"{job_folder} with {self.settings}")
+        server = configs.server
+        self.client_id_label_mapping = configs.label_mapping
         self.clients = list(self.client_id_label_mapping)
 
         job = self._new_job(_read(derived / "meta.json"))

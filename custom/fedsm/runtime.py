@@ -3,12 +3,15 @@
 
 import contextlib
 import dataclasses
+import logging
 import os
 from typing import TypeVar
 
 import torch
 
 Placeable = TypeVar("Placeable", torch.nn.Module, torch.Tensor)
+
+logger = logging.getLogger(__name__)
 
 SIMULATOR_JOB_ID = "simulate_job"  # the job id NVFlare's simulator gives every run
 
@@ -56,11 +59,13 @@ class Compute:
         return f"{self.device} (amp {state[self.amp]}, channels_last {state[self.channels_last]})"
 
 
-def compute_for(amp: bool, channels_last: bool, device: torch.device | None = None) -> tuple[Compute, str | None]:
+def compute_for(amp: bool, channels_last: bool, device: torch.device | None = None) -> Compute:
     """What this process computes with on `device` (default `choose_device()`) under the configured
-    switches, and, where they are ignored (off CUDA), why."""
+    switches; off CUDA both are off, and a warning names those that were on."""
     device = choose_device() if device is None else device
     if device.type == "cuda":
-        return Compute(device, amp, channels_last), None
+        return Compute(device, amp, channels_last)
     ignored = " and ".join(repr(name) for name, on in (("amp", amp), ("channels_last", channels_last)) if on)
-    return Compute(device), f"config_train.json: {ignored} ignored on {device.type} (CUDA only)" if ignored else None
+    if ignored:
+        logger.warning("config_train.json: %s ignored on %s (CUDA only)", ignored, device.type)
+    return Compute(device)

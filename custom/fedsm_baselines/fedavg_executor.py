@@ -80,9 +80,7 @@ class UNetFedAvgExecutor(Executor):
         data = load_site_data(self.config, self.client_name)
         self.train_loader, self.val_loader = data.train_loader, data.val_loader
         self.num_validation = data.num_validation
-        self.compute, ignored = compute_for(self.config.amp, self.config.channels_last)
-        if ignored:
-            self.log_warning(fl_ctx, ignored)
+        self.compute = compute_for(self.config.amp, self.config.channels_last)
         if self.compute.device.type == "cpu":
             in_simulator = fl_ctx.get_job_id() == SIMULATOR_JOB_ID
             torch.set_num_threads(cpu_threads(self.config.torch_threads, self.clients_per_host if in_simulator else 1))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedsm.config import TrainConfig, resolve_path
+from fedsm.config import TrainConfig, read_job_configs, resolve_path
+from fedsm.job_config import derive_job
 from fedsm.core.model_set import ModelSet
 from fedsm.io.checkpoint import (CheckpointError, load_checkpoint, model_set_from_checkpoint,
                                  model_set_to_checkpoint, save_checkpoint)
@@ -65,6 +66,19 @@ def test_train_config_errors_name_file_and_key(tmp_path):
     with pytest.raises(ValueError, match="cannot read training config"):
         TrainConfig.from_file(path)
 
+
+
+def test_a_job_folders_configs_are_read_together_and_errors_name_the_file_and_the_job(tmp_path):
+    configs = read_job_configs("jobs/fedsm_prostate")
+    assert configs.train == TrainConfig.from_file("jobs/fedsm_prostate/app/config/config_train.json")
+    assert sorted(configs.label_mapping.values()) == list(range(configs.train.select_num_classes))
+    assert configs.server["workflows"][0]["args"]["client_id_label_mapping"] == configs.label_mapping
+    derived = derive_job("jobs/fedsm_prostate", tmp_path / "job", {"train.select_num_classes": 2})
+    with pytest.raises(ValueError, match=r"app/config/config_fed_server.json of the demo job: .* is not a label in \[0, 2\)"):
+        read_job_configs(derived, described_as="the demo job")
+    (derived / "app" / "config" / "config_train.json").write_text("{not json")
+    with pytest.raises(ValueError, match=rf"app/config/config_train.json of {derived}: cannot read it"):
+        read_job_configs(derived)
 
 def test_resolve_path_expands_and_rejects_unset_variables(monkeypatch):
     monkeypatch.setenv("FEDSM_TEST_ROOT", "/data")

@@ -4,6 +4,7 @@ The round's peak GPU memory reaches the benchmark's report."""
 
 import importlib.util
 import json
+import logging
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,24 +107,30 @@ def test_switches_are_set_as_every_key_through_the_recipe(tmp_path):
         FedSMRecipe(overrides={"train.channels_last": "yes"})
 
 
-def test_on_the_cpu_the_switches_are_ignored_with_one_note():
-    assert compute_for(True, False, CPU) == (FLOAT32_ON_CPU, "config_train.json: 'amp' ignored on cpu (CUDA only)")
-    assert compute_for(False, True, CPU) == (FLOAT32_ON_CPU,
-                                             "config_train.json: 'channels_last' ignored on cpu (CUDA only)")
-    assert compute_for(True, True, CPU)[1] == "config_train.json: 'amp' and 'channels_last' ignored on cpu (CUDA only)"
-    assert compute_for(False, False, CPU) == (FLOAT32_ON_CPU, None)
-    assert compute_for(True, True, CUDA) == (Compute(CUDA, amp=True, channels_last=True), None)
-    assert compute_for(True, False, CUDA) == (Compute(CUDA, amp=True), None)
+@pytest.mark.parametrize("amp, channels_last, note", [
+    (True, False, "'amp'"), (False, True, "'channels_last'"), (True, True, "'amp' and 'channels_last'"),
+    (False, False, None)])
+def test_on_the_cpu_the_switches_are_ignored_with_one_warning(amp, channels_last, note, caplog):
+    with caplog.at_level(logging.WARNING, logger="fedsm.runtime"):
+        assert compute_for(amp, channels_last, CPU) == FLOAT32_ON_CPU
+    assert caplog.messages == ([f"config_train.json: {note} ignored on cpu (CUDA only)"] if note else [])
+
+
+def test_on_cuda_the_switches_act_without_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="fedsm.runtime"):
+        assert compute_for(True, True, CUDA) == Compute(CUDA, amp=True, channels_last=True)
+        assert compute_for(True, False, CUDA) == Compute(CUDA, amp=True)
+    assert caplog.messages == []
 
 
 def test_the_device_is_the_one_choose_device_picks_and_the_log_names_the_switches_where_they_act():
-    assert compute_for(True, True)[0].device == choose_device()
-    assert str(compute_for(True, True, CPU)[0]) == "cpu"
+    assert compute_for(True, True).device == choose_device()
+    assert str(compute_for(True, True, CPU)) == "cpu"
     assert str(Compute(CUDA, amp=True)) == "cuda:0 (amp on, channels_last off)"
 
 
 def test_amp_on_the_cpu_trains_bitwise_as_without_it():
-    compute, _ = compute_for(True, True, CPU)
+    compute = compute_for(True, True, CPU)
     _assert_bitwise_equal(_client_round(compute), _client_round(FLOAT32_ON_CPU))
 
 

@@ -18,6 +18,6 @@ def test_the_baselines_take_amp_and_channels_last_from_the_job(tmp_path, caplog)
     switched = read_job(derive_job(JOB, tmp_path / "job", {"train.amp": True, "train.channels_last": True}))
     assert job_compute(switched, CUDA) == Compute(CUDA, amp=True, channels_last=True)
     assert job_compute(read_job(JOB), CUDA) == Compute(CUDA)
-    with caplog.at_level(logging.WARNING, logger="baselines"):
+    with caplog.at_level(logging.WARNING, logger="fedsm.runtime"):
         assert job_compute(switched, CPU) == Compute(CPU)
     assert caplog.messages == ["config_train.json: 'amp' and 'channels_last' ignored on cpu (CUDA only)"]

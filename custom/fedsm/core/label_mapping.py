@@ -23,7 +23,10 @@ def configured_label_mapping(server_config: dict, num_classes: int,
     workflows = server_config.get("workflows", [])
     if len(workflows) != 1 or LABEL_MAPPING not in workflows[0].get("args", {}):
         raise ValueError(f"{source}: expected one workflow with the argument '{LABEL_MAPPING}'")
-    return check_label_mapping(workflows[0]["args"][LABEL_MAPPING], num_classes)
+    try:
+        return check_label_mapping(workflows[0]["args"][LABEL_MAPPING], num_classes)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 def label_of(mapping: dict[str, int], client: str) -> int:

@@ -75,9 +75,7 @@ class FedSMLearner(Executor):
         self.train_loader, self.selector_loader, self.val_loader = data.train_loader, data.selector_loader, \
             data.val_loader
         self.num_validation = data.num_validation
-        self.compute, ignored = compute_for(self.config.amp, self.config.channels_last)
-        if ignored:
-            self.log_warning(fl_ctx, ignored)
+        self.compute = compute_for(self.config.amp, self.config.channels_last)
         self.models, self.optimizers = build_local_models(self.config.as_dict(), self.compute)
         unet_shapes, selector_shapes = shapes_of(get_weights(self.models["global"])), \
             shapes_of(get_weights(self.models["selector"]))
