@@ -81,19 +81,25 @@ def test_server_adam_round_is_centralized_adam_on_the_weighted_mean_gradient():
 
 
 @pytest.mark.parametrize("first_round", [False, True])
-def test_client_adam_on_server_equals_client_adam_with_torch_steps_on_clients(first_round):
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_client_adam_on_server_equals_client_adam_with_torch_steps_on_clients(first_round, chunk, monkeypatch):
     """Same round, two wire formats: clients stepping torch Adam and sending diffs + moments, or
     sending gradients for the server to replay; the next selector and moments must agree (also in
-    round 0, when there are no moments yet)."""
+    round 0, when there are no moments yet, and when the replay runs in chunks that split a parameter)."""
+    from fedsm.core import selector_update
     from fedsm.core.adam_moments import load_adam_moments
 
+    if chunk is not None:
+        monkeypatch.setattr(selector_update, "REPLAY_CHUNK", chunk)
     rng = np.random.default_rng(0)
-    selector = {"s": rng.standard_normal(4).astype(np.float32)}
+    shape = (2, 5)
+    selector = {"s": rng.standard_normal(shape).astype(np.float32)}
     moments = {} if first_round else {
-        "exp_avg/s": rng.standard_normal(4).astype(np.float32) * 0.1,
-        "exp_avg_sq/s": rng.random(4).astype(np.float32) * 0.01, "step": np.asarray(3.0, np.float32)}
+        "exp_avg/s": rng.standard_normal(shape).astype(np.float32) * 0.1,
+        "exp_avg_sq/s": rng.random(shape).astype(np.float32) * 0.01, "step": np.asarray(3.0, np.float32)}
     current = _current(selector, moments)
-    gradients = {"a": rng.standard_normal(4).astype(np.float32), "b": rng.standard_normal(4).astype(np.float32)}
+    gradients = {"a": rng.standard_normal(shape).astype(np.float32),
+                 "b": rng.standard_normal(shape).astype(np.float32)}
     replayed = _round(current, "client_adam_on_server", lr=1e-2)
     faithful = _round(current, "client_adam", lr=1e-2)
     for client, gradient in gradients.items():

@@ -41,6 +41,7 @@ def expected_moment_shapes(selector: Mapping[str, np.ndarray]) -> dict[str, tupl
 
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as FedSM trains its selector
+REPLAY_CHUNK = 1 << 22  # elements of a client's Adam step replayed at a time on the server (16 MiB in float32)
 
 
 def adam_update(grad: torch.Tensor, previous: tuple[torch.Tensor, torch.Tensor] | None, step: float, lr: float,
@@ -106,11 +107,12 @@ class ClientAdamSelector:
 
 class ClientAdamOnServerSelector:
     """`client_adam` computed on the server: each client's Adam step is replayed from its gradient as it
-    arrives, in place and with torch's multithreaded fused operations (no per-client copies).
+    arrives, in place and with torch's multithreaded fused operations.
 
     Only the weight difference needs each client's full step. The mean moments are linear in the
     gradients: mean `exp_avg` = b1 * `exp_avg` + (1 - b1) * mean g, and mean `exp_avg_sq` likewise with
-    g * g, so the running sums of g and g * g are enough for them.
+    g * g, so the running sums of g and g * g are enough for them. A client's own moments are needed
+    only for its update, so the step is replayed `REPLAY_CHUNK` elements at a time in a small scratch.
     """
 
     def __init__(self, selector: Weights, moments: Weights, lr: float) -> None:
@@ -120,7 +122,7 @@ class ClientAdamOnServerSelector:
         self._dtypes = {name: _as_tensor(weights).dtype for name, weights in selector.items()}
         self._previous = {name: _previous_moments(moments, name) for name in selector}
         self._sums: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # diff, g, g * g
-        self._scratch: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # reused by every client
+        self._scratch: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}  # one client's moments, a chunk
         self._weights: dict[str, float] = {}
 
     def add(self, upload: SelectorUpload, weight: float) -> None:
@@ -130,14 +132,18 @@ class ClientAdamOnServerSelector:
         for name, gradient in upload.gradient.items():
             grad = _as_tensor(gradient).to(self._dtypes[name])
             if name not in self._sums:
-                self._sums[name] = tuple(torch.zeros_like(grad) for _ in range(3))
-                self._scratch[name] = (torch.empty_like(grad), torch.empty_like(grad))
-            sum_diff, sum_grad, sum_grad_sq = self._sums[name]
-            sum_grad.add_(grad, alpha=weight)
-            sum_grad_sq.addcmul_(grad, grad, value=weight)
-            exp_avg, exp_avg_sq = self._scratch[name]  # this client's moments are needed only for its update
-            update = adam_update(grad, self._previous[name], self.step, self.lr, (exp_avg, exp_avg_sq), exp_avg_sq)
-            sum_diff.add_(update, alpha=weight)
+                self._sums[name] = tuple(torch.zeros(grad.shape, dtype=grad.dtype) for _ in range(3))
+            if grad.dtype not in self._scratch:
+                self._scratch[grad.dtype] = (torch.empty(REPLAY_CHUNK, dtype=grad.dtype),
+                                             torch.empty(REPLAY_CHUNK, dtype=grad.dtype))
+            flat = [tensor.reshape(-1) for tensor in (grad, *self._sums[name], *(self._previous[name] or ()))]
+            for start in range(0, flat[0].numel(), REPLAY_CHUNK):
+                g, sum_diff, sum_grad, sum_grad_sq, *previous = (tensor[start:start + REPLAY_CHUNK] for tensor in flat)
+                exp_avg, exp_avg_sq = (scratch[:g.numel()] for scratch in self._scratch[grad.dtype])
+                sum_grad.add_(g, alpha=weight)
+                sum_grad_sq.addcmul_(g, g, value=weight)
+                update = adam_update(g, tuple(previous) or None, self.step, self.lr, (exp_avg, exp_avg_sq), exp_avg_sq)
+                sum_diff.add_(update, alpha=weight)
             self._weights[name] = self._weights.get(name, 0.0) + weight
 
     def result(self) -> tuple[Weights, Weights]:
