@@ -2,9 +2,12 @@
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import resource
 import sys
+import threading
+import time
 
 import psutil
 import torch
@@ -34,10 +37,49 @@ def release_free_heap() -> None:
     nothing is held. `malloc_trim(0)` after each round gives them back.
     """
     gc.collect()  # model sets caught in reference cycles (NVFlare contexts, tracebacks) go first
+    _trim()
+
+
+def keep_heap_trimmed(interval_s: float = 1.0) -> None:
+    """Return glibc's freed heap pages to the system every `interval_s` seconds, from one daemon
+    thread per process (later calls do nothing); no-op off glibc.
+
+    Moving a round's arrays, NVFlare allocates and frees buffers of up to tens of MiB from its
+    transfer threads. glibc keeps such freed pages in its arenas, so a process's RSS grew by most of
+    the bytes it had just sent or received, although it no longer held them. See docs/performance.md.
+    """
+    global _trimmer
+    with _trimmer_lock:
+        if _trimmer is not None or _libc() is None:
+            return
+        _trimmer = threading.Thread(target=_trim_every, args=(interval_s,), name="fedsm-heap-trim", daemon=True)
+        _trimmer.start()
+
+
+_trimmer: threading.Thread | None = None
+_trimmer_lock = threading.Lock()
+
+
+def _trim_every(interval_s: float) -> None:
+    while True:
+        time.sleep(interval_s)
+        _trim()
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """glibc, where this process runs on it."""
     name = ctypes.util.find_library("c")
     if not name or not sys.platform.startswith("linux"):
-        return
+        return None
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        libc = ctypes.CDLL(name)
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def _trim() -> None:
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -23,7 +23,7 @@ from ..core.model_set import ModelSet
 from ..core.robust import capped_weight, nonfinite_arrays, norm_outliers, update_norm
 from ..core.update_checks import shapes_of
 from ..job_config import check_packaged_code
-from ..memory import memory_use, release_free_heap
+from ..memory import keep_heap_trimmed, memory_use, release_free_heap
 from ..selector_training import selector_training
 from ..tags import GLOBAL_METRIC, SELECTOR_METRIC
 from .aggregator import FedSMAggregator
@@ -102,6 +102,7 @@ class FedSMController(Controller):
         self._writes: list[Future] = []
 
     def start_controller(self, fl_ctx: FLContext):
+        keep_heap_trimmed()
         self._started = self._start(fl_ctx)
 
     def _start(self, fl_ctx: FLContext) -> bool:
