@@ -39,7 +39,7 @@ def test_clients_whose_data_cannot_load_stop_the_run_at_start_naming_the_file(po
     assert f"client_I2CVB cannot start: {datalists / 'client_I2CVB.json'}: the 'training' split is empty" in log
     abort = next(line for line in log.splitlines() if "FATAL_SYSTEM_ERROR received: stopping the run: client_" in line)
     # the server learns the kind of error and the file name; the site's folders stay in the site's own log
-    assert "cannot start: FileNotFoundError: datalist not found: .../client_MSD.json" in abort or \
+    assert "cannot start: DataError: datalist not found: .../client_MSD.json" in abort or \
         "cannot start: ValueError: .../client_I2CVB.json: the 'training' split is empty" in abort or \
         "unreadable image file .../" in abort
     assert str(data) not in abort
