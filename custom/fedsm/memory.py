@@ -1,9 +1,5 @@
 """This process's memory: what it holds now and at its peak, and handing freed heap back to the system."""
 
-import ctypes
-import ctypes.util
-import functools
-import gc
 import resource
 import sys
 import threading
@@ -11,6 +7,7 @@ import time
 
 import psutil
 import torch
+from nvflare.fuel.utils.memory_utils import cleanup_memory, get_allocator_type, try_malloc_trim
 
 
 def memory_use(device: torch.device | None = None) -> dict[str, int]:
@@ -30,19 +27,19 @@ def reset_gpu_peak(device: torch.device) -> None:
 
 
 def release_free_heap() -> None:
-    """Collect garbage, then return glibc's freed heap pages to the system (no-op elsewhere).
+    """Collect garbage, then return glibc's freed heap pages to the system (NVFlare's
+    `cleanup_memory`; no-op off glibc).
 
     NVFlare's transfer threads and torch allocate many mid-size buffers from several malloc arenas;
     glibc keeps their freed pages, so a long-running server's RSS creeps up round after round although
     nothing is held. `malloc_trim(0)` after each round gives them back.
     """
-    gc.collect()  # model sets caught in reference cycles (NVFlare contexts, tracebacks) go first
-    _trim()
+    cleanup_memory()  # gc first: model sets caught in reference cycles (NVFlare contexts, tracebacks)
 
 
 def keep_heap_trimmed(interval_s: float = 1.0) -> None:
     """Return glibc's freed heap pages to the system every `interval_s` seconds, from one daemon
-    thread per process (later calls do nothing); no-op off glibc.
+    thread per process (later calls do nothing); no-op under another allocator.
 
     Moving a round's arrays, NVFlare allocates and frees buffers of up to tens of MiB from its
     transfer threads. glibc keeps such freed pages in its arenas, so a process's RSS grew by most of
@@ -50,7 +47,7 @@ def keep_heap_trimmed(interval_s: float = 1.0) -> None:
     """
     global _trimmer
     with _trimmer_lock:
-        if _trimmer is not None or _libc() is None:
+        if _trimmer is not None or get_allocator_type() != "glibc":
             return
         _trimmer = threading.Thread(target=_trim_every, args=(interval_s,), name="fedsm-heap-trim", daemon=True)
         _trimmer.start()
@@ -63,23 +60,4 @@ _trimmer_lock = threading.Lock()
 def _trim_every(interval_s: float) -> None:
     while True:
         time.sleep(interval_s)
-        _trim()
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    """glibc, where this process runs on it."""
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-def _trim() -> None:
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
+        try_malloc_trim()
