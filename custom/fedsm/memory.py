@@ -1,5 +1,6 @@
 """This process's memory: what it holds now and at its peak, and handing freed heap back to the system."""
 
+import gc
 import resource
 import sys
 import threading
@@ -37,19 +38,23 @@ def release_free_heap() -> None:
     cleanup_memory()  # gc first: model sets caught in reference cycles (NVFlare contexts, tracebacks)
 
 
-def keep_heap_trimmed(interval_s: float = 1.0) -> None:
-    """Return glibc's freed heap pages to the system every `interval_s` seconds, from one daemon
-    thread per process (later calls do nothing); no-op under another allocator.
+def keep_heap_trimmed(interval_s: float = 1.0, cycle_growth_bytes: int = 256 * 2**20) -> None:
+    """Return glibc's freed heap pages to the system every `interval_s` seconds, and collect reference
+    cycles whenever RSS grew by `cycle_growth_bytes` since the last collection; one daemon thread per
+    process (later calls do nothing); no-op under another allocator.
 
     Moving a round's arrays, NVFlare allocates and frees buffers of up to tens of MiB from its
-    transfer threads. glibc keeps such freed pages in its arenas, so a process's RSS grew by most of
-    the bytes it had just sent or received, although it no longer held them. See docs/performance.md.
+    transfer threads. glibc keeps such freed pages in its arenas, and each streamed message stays in a
+    reference cycle (NVFlare's `TxTask` and its `StreamFuture`) until Python's cyclic collector runs,
+    which in a process of several hundred thousand objects is rare. Without this a process's RSS grew
+    by most of the bytes it had just sent or received. See docs/performance.md.
     """
     global _trimmer
     with _trimmer_lock:
         if _trimmer is not None or get_allocator_type() != "glibc":
             return
-        _trimmer = threading.Thread(target=_trim_every, args=(interval_s,), name="fedsm-heap-trim", daemon=True)
+        _trimmer = threading.Thread(target=_trim_every, args=(interval_s, cycle_growth_bytes),
+                                    name="fedsm-heap-trim", daemon=True)
         _trimmer.start()
 
 
@@ -57,7 +62,14 @@ _trimmer: threading.Thread | None = None
 _trimmer_lock = threading.Lock()
 
 
-def _trim_every(interval_s: float) -> None:
+def _trim_every(interval_s: float, cycle_growth_bytes: int) -> None:
+    process = psutil.Process()
+    low = process.memory_info().rss  # RSS after the last collection, or lower since
     while True:
         time.sleep(interval_s)
+        collect = process.memory_info().rss - low > cycle_growth_bytes
+        if collect:
+            gc.collect()  # a full collection costs about 0.1 s here, so only once the heap has grown
         try_malloc_trim()
+        rss = process.memory_info().rss
+        low = rss if collect else min(low, rss)

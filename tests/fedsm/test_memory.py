@@ -1,7 +1,10 @@
 """Freed heap handed back to the system."""
 
+import gc
 import sys
 import threading
+import time
+import weakref
 
 import numpy as np
 import psutil
@@ -27,3 +30,28 @@ def test_one_trimming_thread_per_process():
     keep_heap_trimmed(0.05)
     keep_heap_trimmed(0.05)
     assert [thread.name for thread in threading.enumerate()].count("fedsm-heap-trim") == 1
+
+
+class _Node:
+    """A reference cycle holding a buffer, as NVFlare's streamed messages are held."""
+
+    def __init__(self, buffer):
+        self.buffer, self.me = buffer, self
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_buffers_left_in_reference_cycles_are_collected_as_the_heap_grows():
+    keep_heap_trimmed(0.05)
+    time.sleep(0.2)
+    gc.disable()  # only the trimming thread may collect the cycle
+    try:
+        node = _Node(np.ones(100 * 2**20, np.uint8))
+        collected = weakref.ref(node)
+        del node
+        held = np.ones(400 * 2**20, np.uint8)  # the next messages arrive
+        deadline = time.monotonic() + 10
+        while collected() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert held.size and collected() is None
+    finally:
+        gc.enable()
