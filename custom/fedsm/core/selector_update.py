@@ -136,13 +136,18 @@ class ClientAdamOnServerSelector:
             if grad.dtype not in self._scratch:
                 self._scratch[grad.dtype] = (torch.empty(REPLAY_CHUNK, dtype=grad.dtype),
                                              torch.empty(REPLAY_CHUNK, dtype=grad.dtype))
-            flat = [tensor.reshape(-1) for tensor in (grad, *self._sums[name], *(self._previous[name] or ()))]
-            for start in range(0, flat[0].numel(), REPLAY_CHUNK):
-                g, sum_diff, sum_grad, sum_grad_sq, *previous = (tensor[start:start + REPLAY_CHUNK] for tensor in flat)
+            flat_grad = grad.reshape(-1)
+            flat_sums = [total.reshape(-1) for total in self._sums[name]]
+            flat_previous = [moment.reshape(-1) for moment in self._previous[name] or ()]  # empty in round 0
+            for start in range(0, flat_grad.numel(), REPLAY_CHUNK):
+                chunk = slice(start, start + REPLAY_CHUNK)
+                g = flat_grad[chunk]
+                sum_diff, sum_grad, sum_grad_sq = (total[chunk] for total in flat_sums)
+                previous = tuple(moment[chunk] for moment in flat_previous) or None
                 exp_avg, exp_avg_sq = (scratch[:g.numel()] for scratch in self._scratch[grad.dtype])
                 sum_grad.add_(g, alpha=weight)
                 sum_grad_sq.addcmul_(g, g, value=weight)
-                update = adam_update(g, tuple(previous) or None, self.step, self.lr, (exp_avg, exp_avg_sq), exp_avg_sq)
+                update = adam_update(g, previous, self.step, self.lr, (exp_avg, exp_avg_sq), exp_avg_sq)
                 sum_diff.add_(update, alpha=weight)
             self._weights[name] = self._weights.get(name, 0.0) + weight
 
