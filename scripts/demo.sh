@@ -25,13 +25,19 @@ rm -rf "$demo/workspace"
 "$nvflare" simulator "$demo/job" -w "$demo/workspace" -c "$clients" -t 3 > "$demo/simulator.log" 2>&1 &
 sim=$!
 trap 'kill $sim 2>/dev/null || true' EXIT
-last=""
+shown=0
+show_new_validation_lines() {
+  local lines
+  lines=$(grep -E "validation \(mean over clients\)" "$demo/simulator.log" | sed 's/^.* - INFO - /[demo]   /' || true)
+  [ -n "$lines" ] || return 0
+  printf '%s\n' "$lines" | tail -n +$((shown + 1))
+  shown=$(printf '%s\n' "$lines" | wc -l)
+}
 while kill -0 $sim 2>/dev/null; do
   sleep 10
-  line=$(grep -E "validation \(mean over clients\)" "$demo/simulator.log" | tail -n 1 | sed 's/^.* - INFO - /[demo]   /' || true)
-  [ "$line" = "$last" ] || echo "$line"
-  last=$line
+  show_new_validation_lines
 done
+show_new_validation_lines
 wait $sim || { echo "[demo] the simulator failed; see $demo/simulator.log" >&2; exit 1; }
 trap - EXIT
 
