@@ -22,6 +22,7 @@ from pathlib import Path
 import psutil
 
 from fedsm.job_config import add_quantization, derive_job, parse_override
+from fedsm.memory import huge_page_heap_env
 
 REPO = Path(__file__).resolve().parents[1]
 COST_LINE = re.compile(
@@ -64,7 +65,7 @@ def run_and_sample(command: list[str], log_file: Path, period: float = 0.2) -> t
     """Run `command` (output to `log_file`); returns (exit code, peak total RSS of its process tree,
     peak RSS of its largest single process)."""
     with open(log_file, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=huge_page_heap_env())
         handle, peak_total, peak_single = psutil.Process(process.pid), 0, 0
         while process.poll() is None:
             try:

@@ -74,7 +74,7 @@ common=(--set "train.dataset_base_dir=$data/dataset_2D" --set "train.datalist_js
 
 simulate() {  # simulate JOB WORKSPACE LOG
   rm -rf "$2"
-  "$nvflare" simulator "$1" -w "$2" -c "$clients" -t 3 > "$3" 2>&1 \
+  GLIBC_TUNABLES="$("$python" -m fedsm.memory)" "$nvflare" simulator "$1" -w "$2" -c "$clients" -t 3 > "$3" 2>&1 \
     || { echo "[gap_study] $(basename "$3" .log) failed; see $3" >&2; exit 1; }
 }
 

@@ -116,10 +116,14 @@ class PocFederation:
         self.log = log
         self.workspace = self.root / "workspace"
         self.token = secrets.token_hex(8)
+        from fedsm.memory import huge_page_heap_env
+
         # the start scripts run `python3`: this interpreter's, with NVFlare and fedsm installed
         bin_dir = str(Path(sys.executable).parent)
-        self.env = {**os.environ, "HOME": str(self.root / "home"), "NVFLARE_POC_WORKSPACE": str(self.workspace),
-                    "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), RUN_MARKER: self.token}
+        self.env = huge_page_heap_env({**os.environ, "HOME": str(self.root / "home"),
+                                       "NVFLARE_POC_WORKSPACE": str(self.workspace),
+                                       "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+                                       RUN_MARKER: self.token})
         self.started = False
 
     # ---- NVFlare command line

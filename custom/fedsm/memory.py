@@ -1,10 +1,12 @@
 """This process's memory: what it holds now and at its peak, and handing freed heap back to the system."""
 
 import gc
+import os
 import resource
 import sys
 import threading
 import time
+from collections.abc import Mapping
 
 import psutil
 import torch
@@ -36,6 +38,27 @@ def release_free_heap() -> None:
     nothing is held. `malloc_trim(0)` after each round gives them back.
     """
     cleanup_memory()  # gc first: model sets caught in reference cycles (NVFlare contexts, tracebacks)
+
+
+HUGE_PAGE_HEAP_TUNABLE = "glibc.malloc.hugetlb=1"
+
+
+def huge_page_heap_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of `env` (default: this process's environment) whose `GLIBC_TUNABLES` also asks glibc's
+    malloc to back its heap with transparent huge pages, for the processes of a federation.
+
+    Each round every process receives and sends hundreds of MiB in fresh buffers; with 4 KiB pages
+    the kernel faults and zeroes each page on first touch, which made up much of the communication
+    time on CPU. Tunables are read at process start, so this goes into the environment of the
+    command that starts the processes. glibc before 2.35 and other allocators ignore it.
+    See docs/performance.md.
+    """
+    env = dict(os.environ if env is None else env)
+    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+    if not any(t.startswith("glibc.malloc.hugetlb=") for t in tunables):
+        tunables.append(HUGE_PAGE_HEAP_TUNABLE)
+    env["GLIBC_TUNABLES"] = ":".join(tunables)
+    return env
 
 
 def keep_heap_trimmed(interval_s: float = 1.0, cycle_growth_bytes: int = 256 * 2**20) -> None:
@@ -73,3 +96,7 @@ def _trim_every(interval_s: float, cycle_growth_bytes: int) -> None:
         try_malloc_trim()
         rss = process.memory_info().rss
         low = rss if collect else min(low, rss)
+
+
+if __name__ == "__main__":
+    print(huge_page_heap_env()["GLIBC_TUNABLES"])  # for shell scripts: export GLIBC_TUNABLES=$(python -m fedsm.memory)

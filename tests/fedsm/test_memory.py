@@ -1,16 +1,19 @@
 """Freed heap handed back to the system."""
 
 import gc
+import os
+import subprocess
 import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
-from fedsm.memory import keep_heap_trimmed, release_free_heap
+from fedsm.memory import huge_page_heap_env, keep_heap_trimmed, release_free_heap
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
@@ -55,3 +58,38 @@ def test_buffers_left_in_reference_cycles_are_collected_as_the_heap_grows():
         assert held.size and collected() is None
     finally:
         gc.enable()
+
+
+def _glibc_at_least(major: int, minor: int) -> bool:
+    name, _, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")
+    return name == "glibc" and tuple(int(p) for p in version.split(".")[:2]) >= (major, minor)
+
+
+def _transparent_huge_pages_mode() -> str:
+    """'always', 'madvise' or 'never': the kernel's setting, in brackets in the file."""
+    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return setting.read_text().split("[")[1].split("]")[0] if setting.exists() else "never"
+
+
+def _heap_huge_page_kib(env: dict) -> int:
+    """AnonHugePages of a child that allocates 200 MiB of 64 KiB buffers, as NVFlare's transfer threads do."""
+    program = ("b = [bytearray(64 * 1024) for _ in range(3200)]\n"
+               "print(open('/proc/self/smaps_rollup').read().split('AnonHugePages:')[1].split()[0])")
+    return int(subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True,
+                              check=True).stdout)
+
+
+def test_huge_page_tunable_joins_the_existing_ones_and_respects_a_choice():
+    assert huge_page_heap_env({})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
+    env = huge_page_heap_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "HOME": "/h"})
+    assert env == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", "HOME": "/h"}
+    assert huge_page_heap_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
+
+
+@pytest.mark.skipif(not _glibc_at_least(2, 35) or _transparent_huge_pages_mode() == "never",
+                    reason="glibc's hugetlb tunable and transparent huge pages")
+def test_a_process_started_with_the_tunable_holds_its_heap_in_huge_pages():
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    assert _heap_huge_page_kib(huge_page_heap_env(plain)) >= 100 * 1024
+    if _transparent_huge_pages_mode() == "madvise":  # only on request: without the tunable, none
+        assert _heap_huge_page_kib(plain) < 100 * 1024
