@@ -1,7 +1,9 @@
 """Faults of a real federation, in NVFlare POC mode: a client site crashes in the middle of a round,
 the server is killed between rounds. One federation (server + 3 clients) serves the whole module."""
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 from fedsm.config import TrainConfig
 from fedsm.flare.persistor import initial_model_set
+from fedsm.memory import huge_page_heap_env
 from poc_helpers import (CLIENTS, PocError, PocFederation, kill, listening_addresses, scalars, site_processes, tiny_job,
                          wait_for_job, wait_for_line)
 
@@ -32,6 +35,22 @@ def test_every_listener_of_the_federation_binds_loopback(federation):
     assert f"127.0.0.1:{federation.port}" in addresses
     assert all(address.startswith(("127.", "0000:0000:0000:0000:0000:0000:0000:0001")) for address in addresses), \
         addresses
+
+
+@pytest.mark.skipif("GLIBC_TUNABLES" in os.environ, reason="glibc cuts GLIBC_TUNABLES in place at start: "
+                    "/proc/PID/environ then shows only the first of several tunables")
+def test_every_process_of_the_federation_starts_with_the_huge_page_heap(federation):
+    """NVFlare's start scripts pass `huge_page_heap_env` on to the server, the clients and their jobs."""
+    tunables = {}
+    for pid in federation.processes():
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        tunables[pid] = [entry.decode() for entry in environ if entry.startswith(b"GLIBC_TUNABLES=")]
+    assert len(tunables) >= 4  # the server and three clients at least
+    expected = "GLIBC_TUNABLES=" + huge_page_heap_env({})["GLIBC_TUNABLES"]
+    assert all(values == [expected] for values in tunables.values()), tunables
 
 
 def test_client_site_crash_mid_round_the_others_finish_the_run(federation, poc_data, tmp_path):
