@@ -40,7 +40,7 @@ def release_free_heap() -> None:
     cleanup_memory()  # gc first: model sets caught in reference cycles (NVFlare contexts, tracebacks)
 
 
-HUGE_PAGE_HEAP_TUNABLE = "glibc.malloc.hugetlb=1"
+HUGE_PAGE_TUNABLE = "glibc.malloc.hugetlb"
 
 
 def huge_page_heap_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -55,8 +55,8 @@ def huge_page_heap_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """
     env = dict(os.environ if env is None else env)
     tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-    if not any(t.startswith("glibc.malloc.hugetlb=") for t in tunables):
-        tunables.append(HUGE_PAGE_HEAP_TUNABLE)
+    if not any(t.partition("=")[0] == HUGE_PAGE_TUNABLE for t in tunables):
+        tunables.append(f"{HUGE_PAGE_TUNABLE}=1")
     env["GLIBC_TUNABLES"] = ":".join(tunables)
     return env
 
