@@ -4,7 +4,7 @@ Input:  <dataset_dir>/<site>/Image/<case>.nii.gz and <dataset_dir>/<site>/Mask/<
 Output: <dataset_2d_dir>/<site>/<case>/Image/<zzz>.png and .../Mask/<zzz>.png
 
 Only axial slices whose mask has foreground are written. Image PNG = intensity / 2048, clipped to
-[0, 1], times 255, rounded half up; mask PNG = 0 / 255.
+[0, 1], times 255, truncated to an integer as the reference's conversion does; mask PNG = 0 / 255.
 
 Orientation: volumes are read in RAS+ axes (see `nifti_pairs`), so `zzz` is the index along the
 superior axis and every axial slice is a [x, y] array with x toward the patient's Right and y toward
@@ -34,12 +34,14 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 def to_uint8_image(slice2d: np.ndarray, scale: float = 2048.0) -> np.ndarray:
-    """Map intensities to uint8: value / scale clipped to [0, 1], times 255, rounded half up.
+    """Map intensities to uint8 as the reference does: value / scale capped at 1, times 255 (in float64),
+    then, like PIL's conversion of a float image to 8 bits, stored as float32 and truncated into 0..255.
 
-    E.g. with scale 2048: 1024 -> 128, >= 2048 -> 255, negatives -> 0. Expects finite values.
+    E.g. with scale 2048: 1024 -> 127 (127.5 truncated), 2047 -> 254, >= 2048 -> 255, negatives -> 0.
+    Expects finite values.
     """
-    unit = np.clip(np.asarray(slice2d, dtype=np.float64) / scale, 0.0, 1.0)
-    return np.floor(unit * 255.0 + 0.5).astype(np.uint8)
+    scaled = (np.minimum(np.asarray(slice2d, dtype=np.float64) / scale, 1.0) * 255.0).astype(np.float32)
+    return np.trunc(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
 
 def to_uint8_mask(mask2d: np.ndarray) -> np.ndarray:

@@ -50,12 +50,24 @@ def _png(path: Path) -> np.ndarray:
 
 
 def test_to_uint8_image_hand_computed_values():
-    values = np.array([[-5.0, 0.0, 4.0, 8.0], [1024.0, 2047.0, 2048.0, 3000.0]])
-    expected = np.array([[0, 0, 0, 1], [128, 255, 255, 255]], dtype=np.uint8)
+    values = np.array([[-5.0, 0.0, 4.0, 8.0, 9.0], [1024.0, 2040.0, 2047.0, 2048.0, 3000.0]])
+    # times 255 / 2048: 0.498 -> 0, 0.996 -> 0, 1.12 -> 1, 127.5 -> 127, 254.0 -> 254, 254.9 -> 254
+    expected = np.array([[0, 0, 0, 0, 1], [127, 254, 254, 255, 255]], dtype=np.uint8)
     result = to_uint8_image(values)
     assert result.dtype == np.uint8
     np.testing.assert_array_equal(result, expected)
-    np.testing.assert_array_equal(to_uint8_image(np.array([[25.0, 50.0]]), scale=100.0), [[64, 128]])
+    np.testing.assert_array_equal(to_uint8_image(np.array([[25.0, 50.0]]), scale=100.0), [[63, 127]])
+    np.testing.assert_array_equal(to_uint8_image(np.array([[1.5, 254.6]]), scale=255.0), [[1, 254]])
+
+
+def test_to_uint8_image_equals_the_references_pil_conversion():
+    """The reference scales in float64 (value / 2048, capped at 1, times 255) and lets PIL turn the float
+    array into an 8-bit image (`Image.fromarray(...).convert("L")`); the result must be the same."""
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.uniform(-50.0, 2600.0, 4000), np.arange(-3.0, 2100.0), [2047.99999999]])
+    scaled = np.minimum(values / 2048.0, 1.0) * 255.0
+    by_pil = np.asarray(Image.fromarray(scaled[None, :]).convert("L"))[0]
+    np.testing.assert_array_equal(to_uint8_image(values), by_pil)
 
 
 def test_to_viewing_orientation_puts_anterior_up_and_patient_right_on_the_left():
