@@ -1,7 +1,7 @@
 """The one entry point: raw downloads -> 3D NIfTI per site -> 2D slices -> datalists, then a summary.
 
     python -m data_preparation.prepare --raw RAW_DIR --output OUT_DIR [--sites ...] [--split 0.5 0.25 0.25] [--seed 0]
-        [--nrrd-geometry {header,image}]
+        [--split-rule {reference,largest-remainder}] [--nrrd-geometry {header,image}]
 
 Writes OUT_DIR/dataset/<site>/{Image,Mask}/<case>.nii.gz, OUT_DIR/dataset_2D/<site>/<case>/{Image,Mask}/*.png
 and OUT_DIR/datalist_2D/client_<site>.json plus client_All.json. Finished cases are skipped on a re-run.
@@ -18,7 +18,14 @@ from pathlib import Path
 from data_preparation.converters import CONVERTERS, SOURCE_OF_SITE, nci_isbi
 from data_preparation.converters.common import Converter, Discovery, LayoutError
 from data_preparation.converters.runner import ConversionReport, convert_source, discover_source
-from data_preparation.datalist import MERGED_NAME, format_summary, site_datalist, write_datalists
+from data_preparation.datalist import (
+    MERGED_NAME,
+    REFERENCE_RULE,
+    SPLIT_RULES,
+    format_summary,
+    site_datalist,
+    write_datalists,
+)
 from data_preparation.slicing import SiteSlices, slice_site
 
 logger = logging.getLogger(__name__)
@@ -74,7 +81,9 @@ def discover_all(converters: list[Converter], raw_dir: Path) -> dict[str, Discov
     return found
 
 
-def build_2d(outcome: Outcome, out_dir: Path, ratios: tuple[float, float, float], seed: int) -> None:
+def build_2d(
+    outcome: Outcome, out_dir: Path, ratios: tuple[float, float, float], seed: int, split_rule: str = REFERENCE_RULE
+) -> None:
     """Slice every site that has converted cases, then write the datalists of the sites that can be split."""
     dataset_dir, dataset_2d_dir = out_dir / "dataset", out_dir / "dataset_2D"
     for site in outcome.sites:
@@ -83,13 +92,15 @@ def build_2d(outcome: Outcome, out_dir: Path, ratios: tuple[float, float, float]
             continue
         try:
             outcome.slices[site] = slice_site(dataset_dir, site, dataset_2d_dir)
-            site_datalist(dataset_2d_dir, site, ratios, seed)  # can it be split? (before any datalist is written)
+            site_datalist(dataset_2d_dir, site, ratios, seed, split_rule)  # can it be split? (before any is written)
         except ValueError as err:
             outcome.site_errors[site] = str(err)
             continue
         outcome.datalist_sites.append(site)
     if outcome.datalist_sites:
-        write_datalists(dataset_2d_dir, out_dir / "datalist_2D", outcome.datalist_sites, ratios, seed)
+        write_datalists(
+            dataset_2d_dir, out_dir / "datalist_2D", outcome.datalist_sites, ratios, seed, split_rule=split_rule
+        )
 
 
 def summary(outcome: Outcome, out_dir: Path) -> str:
@@ -128,6 +139,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--split", nargs=3, type=float, default=(0.5, 0.25, 0.25), metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the split by case")
     parser.add_argument(
+        "--split-rule",
+        choices=SPLIT_RULES,
+        default=REFERENCE_RULE,
+        help="reference: the cases NVFlare's prostate example assigns (needs 4 cases a site at 50/25/25); "
+        "largest-remainder: this repository's own rule, at least one case per split (see data_preparation/README.md)",
+    )
+    parser.add_argument(
         "--nrrd-geometry",
         choices=nci_isbi.NRRD_GEOMETRIES,
         help="NCI-ISBI: place every mask by its NRRD header, or copy the image geometry onto its voxels; "
@@ -154,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for converter in converters:
         report = convert_source(converter, discoveries[converter.source], args.output / "dataset", set(sites))
         outcome.conversions.append(report)
-    build_2d(outcome, args.output, tuple(args.split), args.seed)
+    build_2d(outcome, args.output, tuple(args.split), args.seed, args.split_rule)
     print(summary(outcome, args.output))
     return 1 if outcome.failures() else 0
 

@@ -14,7 +14,9 @@ posterior peripheral zone, a dark capsule and a periprostatic fat halo. Volumes 
 slices, the prostate 8-12 of them. Arrays are in RAS+ axes with a diagonal affine.
 
 CLI: `python -m data_preparation.synthetic --output DIR` writes DIR/dataset (3D NIfTI),
-DIR/dataset_2D (PNG slices) and DIR/datalist_2D (datalist JSONs) and prints a summary.
+DIR/dataset_2D (PNG slices) and DIR/datalist_2D (datalist JSONs) and prints a summary. Its datalists
+use the largest-remainder split rule unless `--split-rule reference` is given (see `datalist`): it gives
+every split a case down to 3 cases per site, and the synthetic runs documented in this repository used it.
 """
 
 import argparse
@@ -30,7 +32,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_preparation.datalist import MERGED_NAME, format_summary, write_datalists
+from data_preparation.datalist import (
+    LARGEST_REMAINDER_RULE,
+    MERGED_NAME,
+    REFERENCE_RULE,
+    SPLIT_RULES,
+    format_summary,
+    write_datalists,
+)
 from data_preparation.nifti_pairs import write_volume
 from data_preparation.slicing import slice_site
 from fedsm.io.atomic import write_text_atomic
@@ -212,9 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases-per-site", type=int, default=8, help="at least 3 (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="non-negative (default 0)")
     parser.add_argument("--with-unseen", action="store_true", help=f"also make the held-out site {UNSEEN_SITE}")
+    parser.add_argument(
+        "--split-rule",
+        choices=SPLIT_RULES,
+        default=LARGEST_REMAINDER_RULE,
+        help=f"how cases are split (default {LARGEST_REMAINDER_RULE}: every split gets a case from 3 cases a site, "
+        "and the documented synthetic runs used it; reference needs 4)",
+    )
     args = parser.parse_args(argv)
     if args.cases_per_site < 3:
         parser.error("--cases-per-site must be at least 3 (one case per split)")
+    if args.split_rule == REFERENCE_RULE and args.cases_per_site < 4:
+        parser.error(f"--split-rule {REFERENCE_RULE} needs at least 4 cases per site (3 leave testing empty)")
     if args.seed < 0:
         parser.error("--seed must be non-negative")
     if len(set(args.sites)) != len(args.sites):
@@ -238,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         result = slice_site(args.output / "dataset", site, dataset_2d)
         if result.failed:
             raise RuntimeError(f"{site}: slicing failed: {result.failed}")
-    write_datalists(dataset_2d, datalist_dir, sites, seed=args.seed)
+    write_datalists(dataset_2d, datalist_dir, sites, seed=args.seed, split_rule=args.split_rule)
     if args.with_unseen:
-        write_datalists(dataset_2d, datalist_dir, [UNSEEN_SITE], seed=args.seed, merge=False)
+        write_datalists(
+            dataset_2d, datalist_dir, [UNSEEN_SITE], seed=args.seed, merge=False, split_rule=args.split_rule
+        )
     print(format_summary(datalist_dir, sites + [MERGED_NAME] + ([UNSEEN_SITE] if args.with_unseen else [])))
     logger.info("dataset root %s, datalists in %s", dataset_2d, datalist_dir)
     return 0

@@ -22,7 +22,7 @@ GRID = Grid()
 SITES = ["I2CVB", "MSD", "NCI_ISBI_3T", "NCI_ISBI_Dx", "Promise12", "PROSTATEx"]
 
 
-def build_raw(raw, cases_per_site: int = 3) -> None:
+def build_raw(raw, cases_per_site: int = 4) -> None:
     """Every source with `cases_per_site` cases per site (I2CVB also holds its known defective case)."""
     numbers = range(cases_per_site)
     build_i2cvb(raw, {f"Patient {n}": ("GE" if n % 2 else "Siemens", GRID) for n in [*numbers, 428260]})
@@ -45,11 +45,11 @@ def test_whole_chain_then_a_rerun_that_changes_nothing(tmp_path, capsys):
 
     printed = capsys.readouterr().out
     for site in SITES:
-        assert len(list((out / "dataset" / site / "Image").glob("*.nii.gz"))) == 3
-        assert len(list((out / "dataset" / site / "Mask").glob("*.nii.gz"))) == 3
-        assert len(list((out / "dataset_2D" / site).glob("*/Image/*.png"))) == 3 * 2  # 2 prostate slices a case
+        assert len(list((out / "dataset" / site / "Image").glob("*.nii.gz"))) == 4
+        assert len(list((out / "dataset" / site / "Mask").glob("*.nii.gz"))) == 4
+        assert len(list((out / "dataset_2D" / site).glob("*/Image/*.png"))) == 4 * 2  # 2 prostate slices a case
         datalist = json.loads((out / "datalist_2D" / f"client_{site}.json").read_text())
-        assert [len(datalist[split]) for split in ("training", "validation", "testing")] == [2, 2, 2]
+        assert [len(datalist[split]) for split in ("training", "validation", "testing")] == [4, 2, 2]
         assert site in printed
     assert (out / "datalist_2D" / "client_All.json").exists()
     assert "I2CVB: Patient_428260" in printed and "no failures" in printed
@@ -64,7 +64,7 @@ def test_whole_chain_then_a_rerun_that_changes_nothing(tmp_path, capsys):
 
 def test_named_sites_only_and_failures_listed_at_the_end(tmp_path, capsys):
     raw, out = tmp_path / "Raw", tmp_path / "out"
-    build_promise12(raw, [f"Case{n:02d}" for n in range(4)], GRID)
+    build_promise12(raw, [f"Case{n:02d}" for n in range(5)], GRID)
     build_msd(raw, ["prostate_00"], GRID)
     corrupt = raw / "Promise12" / "TrainingData_Part1" / "Case03_segmentation.raw"
     corrupt.write_bytes(b"\x00")
@@ -73,9 +73,23 @@ def test_named_sites_only_and_failures_listed_at_the_end(tmp_path, capsys):
 
     printed = capsys.readouterr().out
     assert sorted(p.name for p in (out / "dataset").iterdir()) == ["Promise12"]
-    assert len(list((out / "dataset" / "Promise12" / "Image").iterdir())) == 3
+    assert len(list((out / "dataset" / "Promise12" / "Image").iterdir())) == 4
     assert "Promise12: Case03:" in printed and "Case03_segmentation" in printed
     assert json.loads((out / "datalist_2D" / "client_Promise12.json").read_text())["training"]
+
+
+def test_three_cases_need_the_largest_remainder_split_rule(tmp_path, capsys):
+    raw, out = tmp_path / "Raw", tmp_path / "out"
+    build_promise12(raw, [f"Case{n:02d}" for n in range(3)], GRID)
+    args = ["--raw", str(raw), "--output", str(out)]
+
+    assert main(args) == 1
+    assert "leaves testing without a case; add cases or use the largest-remainder split rule" in capsys.readouterr().out
+    assert not (out / "datalist_2D" / "client_Promise12.json").exists()
+
+    assert main([*args, "--split-rule", "largest-remainder"]) == 0
+    datalist = json.loads((out / "datalist_2D" / "client_Promise12.json").read_text())
+    assert [len(datalist[split]) for split in ("training", "validation", "testing")] == [2, 2, 2]
 
 
 def test_a_wrong_layout_stops_before_writing_anything(tmp_path, capsys):
@@ -99,7 +113,7 @@ def test_a_named_site_without_its_raw_folder_stops(tmp_path, capsys):
 
 def test_prostatex_patients_without_segmentation_are_listed_and_the_run_succeeds(tmp_path, capsys):
     raw, out = tmp_path / "Raw", tmp_path / "out"
-    for n in range(5):
+    for n in range(6):
         build_prostatex(raw, f"ProstateX-{n:04d}", GRID, {"Peripheral zone": box_mask(GRID)})
     for n in (1, 3):
         shutil.rmtree(prostatex_dirs(raw, f"ProstateX-{n:04d}")[1].parent)
@@ -113,12 +127,13 @@ def test_prostatex_patients_without_segmentation_are_listed_and_the_run_succeeds
         "ProstateX-0000.nii.gz",
         "ProstateX-0002.nii.gz",
         "ProstateX-0004.nii.gz",
+        "ProstateX-0005.nii.gz",
     ]
 
 
 def test_nrrd_geometry_option_resolves_a_disagreeing_header(tmp_path, capsys):
     raw, out = tmp_path / "Raw", tmp_path / "out"
-    for n in range(3):
+    for n in range(4):
         case = f"Prostate3T-01-{n:04d}"
         build_nci_isbi_image(raw, case, GRID, n)
         header = Grid(origin=(-3.0, -5.0, 10.0)) if n == 2 else GRID

@@ -107,6 +107,13 @@ def test_cli_runs_the_whole_chain(tmp_path, capsys):
     assert all(f"client_{name}" in printed for name in names)
 
 
+def test_cli_reference_split_rule_needs_four_cases(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        synthetic.main(["--output", str(tmp_path), "--cases-per-site", "3", "--split-rule", "reference"])
+    assert "at least 4 cases" in capsys.readouterr().err
+    assert not (tmp_path / "dataset").exists()
+
+
 def test_cli_refuses_to_replace_folders_it_did_not_make(tmp_path):
     (tmp_path / "dataset").mkdir()
     with pytest.raises(SystemExit):
