@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Set-up: a virtual environment with pinned dependencies, this package, and the job's code packaged
-# into jobs/fedsm_prostate/app/custom. Re-running is cheap (pip skips what is installed).
+# Set-up: a virtual environment with this package and all its extras ([test] holds [prep] and
+# [quant]) at the versions pinned in constraints.txt, and the job's code packaged into
+# jobs/fedsm_prostate/app/custom. Re-running is cheap (pip skips what is installed).
 #
-# torch: requirements.txt pins torch==2.13.0. From PyPI on Linux that is the CUDA build (GPU users
-# get it with no extra step); where pip's find-links offer the CPU wheel torch-2.13.0+cpu (as on our
-# CI machines) pip takes that one, with no multi-GB download. To force another build, set
-# FEDSM_TORCH_INDEX_URL, e.g. https://download.pytorch.org/whl/cpu or .../whl/cu128.
+# torch: the build follows the machine. Where nvidia-smi lists a GPU, PyPI's CUDA build; else the
+# CPU build, taken from pip's find-links when they hold it (as on our CI machines, no download), else
+# from https://download.pytorch.org/whl/cpu. FEDSM_TORCH_INDEX_URL adds another index whose build
+# wins, e.g. https://download.pytorch.org/whl/cu126 for a driver too old for PyPI's CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${FEDSM_VENV:-.venv}"
@@ -15,14 +16,29 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "[setup] creating virtual environment $venv"
   "$python" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -c constraints.txt)
+# setuptools first: the editable install below builds without isolation, with the venv's own.
+"${pip[@]}" --quiet setuptools
+torch_pin=$(sed -n 's/^torch==//p' constraints.txt)
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null) || gpu=""
+gpu=${gpu%%$'\n'*}
+no_gpu="no NVIDIA GPU (nvidia-smi is missing or lists none)"
+
+# Not --quiet: a CUDA build with its libraries is several GB, and pip shows each download's progress.
 if [ -n "${FEDSM_TORCH_INDEX_URL:-}" ]; then
-  echo "[setup] installing torch==2.13.0 from $FEDSM_TORCH_INDEX_URL"
-  "${pip[@]}" --index-url "$FEDSM_TORCH_INDEX_URL" torch==2.13.0
+  echo "[setup] torch $torch_pin from $FEDSM_TORCH_INDEX_URL: FEDSM_TORCH_INDEX_URL is set"
+  "${pip[@]}" --extra-index-url "$FEDSM_TORCH_INDEX_URL" torch
+elif [ -n "$gpu" ]; then
+  echo "[setup] torch $torch_pin, CUDA build from PyPI: nvidia-smi lists $gpu"
+  "${pip[@]}" "torch!=$torch_pin+cpu"
+elif "${pip[@]}" --quiet --no-index --no-deps "torch==$torch_pin+cpu" 2>/dev/null; then
+  echo "[setup] torch $torch_pin, CPU build from pip's find-links: $no_gpu"
+else
+  echo "[setup] torch $torch_pin, CPU build from https://download.pytorch.org/whl/cpu: $no_gpu"
+  "${pip[@]}" --extra-index-url https://download.pytorch.org/whl/cpu "torch==$torch_pin+cpu"
 fi
-echo "[setup] installing requirements (nvflare, torch, monai, ...)"
-"${pip[@]}" -r requirements.txt -r requirements-test.txt
-"${pip[@]}" --no-deps --no-build-isolation -e .
+echo "[setup] installing this package with its extras (nvflare, monai, data preparation, tests, ...)"
+"${pip[@]}" --quiet --no-build-isolation -e ".[test]"
 "$venv/bin/python" -m fedsm.job_config jobs/fedsm_prostate >/dev/null
 "$venv/bin/python" -m result_stat.fedavg_job jobs/fedavg_prostate >/dev/null
 "$venv/bin/python" - <<'PY'
