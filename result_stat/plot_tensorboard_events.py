@@ -1,9 +1,13 @@
-"""Plot the FedSM validation curves of every site from the clients' TensorBoard event files.
+"""Plot the FedSM validation curves of every site from TensorBoard event files.
 
     python -m result_stat.plot_tensorboard_events --workspace /tmp/nvflare/fedsm_prostate
+    python -m result_stat.plot_tensorboard_events --workspace /tmp/download/JOB_ID   # a downloaded job
     python result_stat/plot_tensorboard_events.py --workspace WS --tags train_loss train_loss_selector
     python -m result_stat.plot_tensorboard_events --runs ours=WS1 reference=WS2 --tags val_metric_global_model
 
+The curves come from the server's experiment tracking (`tb_events/<site>` in the server's job
+workspace, which a simulator workspace, a POC workspace and a downloaded job all hold), or, for a run
+without it, from the event files the sites wrote into their app folders (`result_stat.workspace`).
 One subplot per tag, one line per site (x = round), smoothed like TensorBoard (debiased exponential
 moving average) over the raw values drawn faintly. With `--runs`, several runs on one figure: one row
 per tag, one column per site, one line per run (e.g. this job next to NVFlare's research/fed-sm,
@@ -186,7 +190,8 @@ def save_png(figure: Figure, output: str | Path, dpi: int = 120) -> Path:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", default=DEFAULT_WORKSPACE,
-                        help=f"simulator workspace (or POC / client app folder) of the run (default {DEFAULT_WORKSPACE})")
+                        help="the run: simulator workspace, downloaded job, server job workspace, POC workspace or "
+                             f"client app folder (default {DEFAULT_WORKSPACE})")
     parser.add_argument("--runs", nargs="+", type=parse_run, metavar="LABEL=WORKSPACE",
                         help="compare runs on one figure (one column per site, one line per run); "
                              "--output is then required")

@@ -1,4 +1,4 @@
-"""Finding the app folders of a finished FedSM run.
+"""Finding the app folders and the curves of a finished FedSM run.
 
 Layouts understood:
 - NVFlare simulator workspace: `<ws>/server/simulate_job/app_server` and one
@@ -7,6 +7,11 @@ Layouts understood:
   job downloaded with the admin console (`<download>/<job_id>/workspace/app_server`);
 - a folder that already is an app folder (holds `config/config_fed_server.json`, or is named
   `app_<client>`).
+
+The curves of every site are in the server's job workspace, beside `app_server`: the job's
+TensorBoard receiver writes `tb_events/<site>/` there (`<ws>/server/simulate_job/tb_events/<site>` in
+the simulator, `<download>/<job_id>/workspace/tb_events/<site>` in a downloaded job). A site that sets
+`local_tensorboard` also writes its own into its app folder.
 """
 
 import logging
@@ -18,6 +23,7 @@ APP_PREFIX = "app_"
 SERVER_CONFIG = Path("config") / "config_fed_server.json"
 TRAIN_CONFIG = Path("config") / "config_train.json"
 EVENT_FILE_GLOB = "events.out.tfevents.*"
+TRACKING_FOLDER = "tb_events"  # `tb_folder` of the server's TBAnalyticsReceiver in the job configs
 
 _SEARCH_DEPTH = 4
 
@@ -91,16 +97,47 @@ def event_files(folder: str | Path) -> list[Path]:
     return sorted(file for file in Path(folder).glob(EVENT_FILE_GLOB) if file.is_file())
 
 
+def _tracked_sites(tracking: Path) -> dict[str, Path]:
+    return {folder.name: folder for folder in sorted(tracking.iterdir()) if folder.is_dir() and event_files(folder)}
+
+
+def find_tracking_sites(path: str | Path) -> dict[str, Path]:
+    """Site name -> that site's folder in the server's experiment tracking (`tb_events/<site>`) of the
+    run at `path`, sorted by name; empty when the run has none.
+
+    `path` is the tracking folder itself, or a folder holding it up to a few levels down: the server's
+    job workspace, a simulator workspace, a downloaded job, a POC workspace (of several jobs, the
+    newest is taken).
+    """
+    path = Path(path).expanduser()
+    found = []
+    for depth in range(_SEARCH_DEPTH):
+        pattern = "/".join(["*"] * depth + [TRACKING_FOLDER])
+        found += [folder for folder in sorted(path.glob(pattern)) if folder.is_dir() and _tracked_sites(folder)]
+    if path.name == TRACKING_FOLDER and _tracked_sites(path):
+        found.append(path)
+    if not found:
+        return {}
+    tracking = _newest(found)
+    if len(found) > 1:
+        logger.warning("%s holds %d tracking folders; using the newest: %s", path, len(found), tracking)
+    return _tracked_sites(tracking)
+
+
 def find_event_dirs(path: str | Path) -> dict[str, Path]:
     """Site name -> folder of that site's TensorBoard event files in the run at `path`.
 
-    The client app folders of the run come first; when none of them holds event files, any folder
-    under `path` holding event files is taken (named after the folder, without its `app_` prefix).
-    Raises `FileNotFoundError` naming `path` when there are no event files at all.
+    The server's tracking folder comes first (`find_tracking_sites`: every site's curves in one
+    place), then the client app folders of the run; when neither holds event files, any folder under
+    `path` holding event files is taken (named after the folder, without its `app_` prefix). Raises
+    `FileNotFoundError` naming `path` when there are no event files at all.
     """
     path = Path(path).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"workspace folder not found: {path}")
+    dirs = find_tracking_sites(path)
+    if dirs:
+        return dirs
     dirs = {site: app for site, app in find_client_apps(path).items() if event_files(app)}
     if not dirs:
         for folder in sorted({file.parent for file in path.rglob(EVENT_FILE_GLOB) if file.is_file()}):

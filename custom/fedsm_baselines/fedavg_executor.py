@@ -5,10 +5,11 @@ FullModelShareableGenerator, PTFileModelPersistor, IntimeModelSelector, GlobalMo
 executor answers its two tasks:
 
 - `train`: load the received global weights, validate them on the local validation split (Dice,
-  reported as `MetaKey.INITIAL_METRICS` for NVFlare's best-model selection and logged to TensorBoard
-  as `val_metric_global_model`, step = round), train `local_epochs` epochs with `fedsm.training`
-  (Dice loss, the client's own Adam kept across rounds, batch size and seeding as in FedSM), and
-  return the weight difference weighted by the number of local steps.
+  reported as `MetaKey.INITIAL_METRICS` for NVFlare's best-model selection and sent, like FedSM's
+  curves, to the server's experiment tracking as `val_metric_global_model`, step = round), train
+  `local_epochs` epochs with `fedsm.training` (Dice loss, the client's own Adam kept across rounds,
+  batch size and seeding as in FedSM), and return the weight difference weighted by the number of
+  local steps.
 - `validate` (GlobalModelEval after the last round): the Dice of a server model on the local
   validation split, with the number of validation images (`{"val_dice", "num_val"}`).
 
@@ -28,10 +29,10 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.app_constant import AppConstants
-from torch.utils.tensorboard import SummaryWriter
 
 from fedsm.config import TrainConfig
 from fedsm.data.site_data import load_site_data
+from fedsm.flare.learner import ANALYTICS_WRITER, SiteCurves
 from fedsm.runtime import SIMULATOR_JOB_ID, compute_for, cpu_threads
 from fedsm.tags import GLOBAL_LOSS, GLOBAL_METRIC
 from fedsm.models.networks import build_unet
@@ -53,14 +54,18 @@ class UNetFedAvgExecutor(Executor):
     """Client executor of the FedAvg baseline (tasks `train` and `validate`)."""
 
     def __init__(self, train_config_filename: str = "config_train.json", train_task_name: str = "train",
-                 validate_task_name: str = "validate", clients_per_host: int = 1):
+                 validate_task_name: str = "validate", clients_per_host: int = 1,
+                 analytics_writer_id: str = ANALYTICS_WRITER, local_tensorboard: bool = False):
         """`clients_per_host`: clients sharing this machine's cores when `torch_threads` is 0 in the
-        simulator (the job sets the number of its sites); outside the simulator each site has its own."""
+        simulator (the job sets the number of its sites); outside the simulator each site has its own.
+        `analytics_writer_id`, `local_tensorboard`: where the curves go, as in `FedSMLearner`."""
         super().__init__()
         self.train_config_filename = train_config_filename
         self.train_task_name = train_task_name
         self.validate_task_name = validate_task_name
         self.clients_per_host = clients_per_host
+        self.analytics_writer_id = analytics_writer_id
+        self.local_tensorboard = local_tensorboard
         self.ready = False
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
@@ -71,7 +76,7 @@ class UNetFedAvgExecutor(Executor):
                 self.log_error(fl_ctx, f"FedAvg client cannot start: {error}")
                 self.system_panic(f"FedAvg client cannot start: {error}", fl_ctx)
         elif event_type == EventType.END_RUN and self.ready:
-            self.writer.close()
+            self.curves.close()
 
     def _initialize(self, fl_ctx: FLContext) -> None:
         self.app_root = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
@@ -86,7 +91,8 @@ class UNetFedAvgExecutor(Executor):
             torch.set_num_threads(cpu_threads(self.config.torch_threads, self.clients_per_host if in_simulator else 1))
         self.model = self.compute.place(build_unet())
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate)
-        self.writer = SummaryWriter(log_dir=str(self.app_root))
+        self.curves = SiteCurves(fl_ctx, self.analytics_writer_id,
+                                 local_dir=self.app_root if self.local_tensorboard else None)
         self.ready = True
         self.log_info(fl_ctx, f"{self.client_name}: {data.num_training} training and "
                               f"{self.num_validation} validation images, device {self.compute}")
@@ -123,14 +129,13 @@ class UNetFedAvgExecutor(Executor):
         round_number = int(shareable.get_header(AppConstants.CURRENT_ROUND, 0))
         started = time.monotonic()
         dice = validate_segmentation(self.model, self.val_loader, self.compute)
-        self.writer.add_scalar(GLOBAL_METRIC, dice, round_number)
+        self.curves.add({GLOBAL_METRIC: dice}, round_number)
         # seeded per round like the FedSM clients: the same shuffles and dropout masks
         torch.manual_seed(self.config.seed + round_number)
         self.train_loader.generator.manual_seed(self.config.seed + round_number)
         loss, steps = train_segmentation(self.model, self.optimizer, self.train_loader, self.config.local_epochs,
                                          self.compute)
-        self.writer.add_scalar(GLOBAL_LOSS, loss, round_number)
-        self.writer.flush()
+        self.curves.add({GLOBAL_LOSS: loss}, round_number)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         self.log_info(fl_ctx, f"round {round_number}: {VAL_METRIC} of the received model {dice:.4f}, "

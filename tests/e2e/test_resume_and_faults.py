@@ -7,7 +7,6 @@ import pytest
 import torch
 from e2e_helpers import (
     add_fault_filter,
-    client_app,
     make_job,
     server_app,
     tiny_overrides,
@@ -15,13 +14,16 @@ from e2e_helpers import (
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny_runs import CLIENTS, finish, run_simulator, settle, start_simulator
 
+from result_stat.workspace import TRACKING_FOLDER
+
 METRICS = ("val_metric_global_model", "val_metric_person_model", "val_metric_select_model")
 BAD_UPDATES = {"nan": "NaN/Inf", "label": "is not the label of"}  # fault -> the reason the server logs
 TRAIN_TIMEOUT = 35  # s; round 0 (which also starts the client workers) takes about 20 s on 2 cores
 
 
-def _scalar(app_dir, tag):
-    accumulator = EventAccumulator(str(app_dir))
+def _scalar(workspace, client, tag):
+    """step -> value of one tag of `client`, as the server's TensorBoard receiver recorded it."""
+    accumulator = EventAccumulator(str(server_app(workspace).parent / TRACKING_FOLDER / client))
     accumulator.Reload()
     return {e.step: e.value for e in accumulator.Scalars(tag)}
 
@@ -94,8 +96,8 @@ def test_restarted_run_continues_at_next_round_with_identical_models(runs, reque
     assert "Round 2 of 3 started" in log
     for client in CLIENTS:
         for tag in METRICS:
-            before = _scalar(client_app(first_workspace, client), tag)
-            after = _scalar(client_app(workspace, client), tag)
+            before = _scalar(first_workspace, client, tag)
+            after = _scalar(workspace, client, tag)
             # the first run's final validation and the resumed run's round-2 validation see the same models
             assert sorted(after) == [2, 3]
             assert after[2] == pytest.approx(before[2], abs=1e-6), (client, tag)

@@ -16,10 +16,15 @@ TAGS = {"val_metric_global_model", "val_metric_person_model", "val_metric_select
         "train_loss_personalized", "train_loss_selector"}
 
 
-def _scalars(app_dir):
-    accumulator = EventAccumulator(str(app_dir))
+def _scalars(event_dir):
+    accumulator = EventAccumulator(str(event_dir))
     accumulator.Reload()
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def tracked(workspace, client):
+    """The folder where the server's TensorBoard receiver keeps the curves `client` sent."""
+    return server_app(workspace).parent / "tb_events" / client
 
 
 def test_best_checkpoints_exist_for_every_model_and_load_safely(finished_run):
@@ -32,15 +37,17 @@ def test_best_checkpoints_exist_for_every_model_and_load_safely(finished_run):
         assert 0 <= content["round"] <= 2
 
 
-def test_tensorboard_tags_per_client_end_on_the_final_models(finished_run):
+def test_every_clients_curves_reach_the_server_and_end_on_the_final_models(finished_run):
     workspace, _ = finished_run
     for client in CLIENTS:
-        scalars = _scalars(client_app(workspace, client))
+        scalars = _scalars(tracked(workspace, client))
         assert TAGS <= set(scalars), client
         # rounds 0 and 1 validate the received models, step 2 the final models
         assert [step for step, _ in scalars["val_metric_global_model"]] == [0, 1, 2]
         assert [step for step, _ in scalars["train_loss"]] == [0, 1]
         assert (client_app(workspace, client) / "personalized_best.pt").is_file()
+        # written once: a site keeps no event files of its own unless it sets local_tensorboard
+        assert not list(client_app(workspace, client).glob("events.out.tfevents.*")), client
 
 
 def test_final_state_has_distinct_personalized_models_and_float32_arrays(finished_run):
@@ -92,3 +99,35 @@ def test_gradient_upload_selector_training_runs(tiny_data, tiny_run, tmp_path, s
     state = torch.load(server_app(workspace) / "fedsm_state.pt", weights_only=True)
     assert float(state["selector_moments"]["step"]) == 2.0
     assert all(torch.isfinite(t).all() for t in state["selector"].values())
+
+
+def test_mlflow_receiver_records_every_sites_curves_in_the_servers_job_workspace(tiny_data, tmp_path):
+    """The MLflow option of docs/deployment.md: MLflowReceiver added to the server's components, with
+    no tracking_uri, keeps a SQLite store in the server's job workspace; each site is a run there."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"server.num_rounds": 1}))
+    config_file = job / "app" / "config" / "config_fed_server.json"
+    config = json.loads(config_file.read_text())
+    config["components"].append({"id": "mlflow_receiver",
+                                 "path": "nvflare.app_opt.tracking.mlflow.mlflow_receiver.MLflowReceiver",
+                                 "args": {"kw_args": {"experiment_name": "fedsm_prostate"}}})
+    config_file.write_text(json.dumps(config, indent=2))
+    workspace = tmp_path / "ws"
+    result = run_simulator(job, workspace)
+    assert result.returncode == 0, result.stdout[-3000:]
+    store = server_app(workspace).parent / "mlflow.db"
+    assert store.is_file()
+    mlflow = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiment = mlflow.get_experiment_by_name("fedsm_prostate")
+    runs = mlflow.search_runs([experiment.experiment_id])
+    for client in CLIENTS:
+        (run,) = [run for run in runs if run.info.run_name.startswith(f"{client}-")]
+        assert TAGS <= set(run.data.metrics), client
+        validated = _scalars(tracked(workspace, client))["val_metric_global_model"]
+        history = sorted((m.step, m.value) for m in mlflow.get_metric_history(run.info.run_id,
+                                                                              "val_metric_global_model"))
+        # the same points as the TensorBoard receiver's (float32), the final models' validation included
+        assert [step for step, _ in history] == [step for step, _ in validated] == [0, 1], client
+        assert [value for _, value in history] == pytest.approx([value for _, value in validated], rel=1e-6)

@@ -14,6 +14,7 @@ from fedsm.models.networks import build_unet
 from fedsm.models.weights import get_weights
 from gap_study_fixtures import CLIENTS, REPO, ROUNDS, tiny_study
 from result_stat.fedavg_job import baselines_source
+from result_stat.workspace import TRACKING_FOLDER
 
 SIMULATOR_GUARD = "fedsm.flare.simulator_guard.SimulatorClientStartGuard"
 
@@ -41,8 +42,8 @@ def test_fedavg_run_saves_final_and_best_unets_and_validates_both(study):
     for client in CLIENTS:
         assert set(cross_val[client]) == {"SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"}
         assert all(0 <= m["val_dice"] <= 1 and m["num_val"] > 0 for m in cross_val[client].values())
-        app = study.fedavg_ws / client / "simulate_job" / f"app_{client}"
-        accumulator = EventAccumulator(str(app))
+        # the client's curves, as the server's TensorBoard receiver recorded them
+        accumulator = EventAccumulator(str(study.fedavg_ws / "server" / "simulate_job" / TRACKING_FOLDER / client))
         accumulator.Reload()
         assert [e.step for e in accumulator.Scalars("val_metric_global_model")] == list(range(ROUNDS))
     log = (study.root / "fedavg_ws.log").read_text()

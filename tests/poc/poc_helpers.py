@@ -47,9 +47,10 @@ def add_result_filters(job: Path, faults: dict[str, str], from_round: int = 0) -
     config_file.write_text(json.dumps(config, indent=2))
 
 
-def scalars(app_dir: Path, tag: str) -> dict[int, float]:
-    """step -> value of one TensorBoard tag in an app folder (empty when the tag was never written)."""
-    accumulator = EventAccumulator(str(app_dir))
+def scalars(event_dir: Path, tag: str) -> dict[int, float]:
+    """step -> value of one TensorBoard tag in a folder of event files, e.g. a site's folder of the
+    server's tracking (`<downloaded job>/workspace/tb_events/<site>`); empty when the tag was never written."""
+    accumulator = EventAccumulator(str(event_dir))
     accumulator.Reload()
     if tag not in accumulator.Tags()["scalars"]:
         return {}

@@ -14,6 +14,8 @@ from fedsm.flare.persistor import initial_model_set
 from fedsm.memory import huge_page_heap_env
 from poc_helpers import (CLIENTS, PocError, PocFederation, kill, listening_addresses, scalars, site_processes, tiny_job,
                          wait_for_job, wait_for_line)
+from result_stat import plot_tensorboard_events as plot
+from result_stat.workspace import TRACKING_FOLDER
 
 pytestmark = pytest.mark.poc
 # seconds a client may take per task: a crashed client holds each round up this long. The live clients
@@ -83,10 +85,10 @@ def test_client_site_crash_mid_round_the_others_finish_the_run(federation, poc_d
         same = all(np.array_equal(state["personalized"][client][name].numpy(), weights)
                    for name, weights in initial.personalized[client].items())
         assert same == (client == "client_MSD"), client  # the crashed client's model is kept unchanged
-    # TensorBoard of each client: points only for the rounds it took part in
+    # each client's curves, recorded by the server into the job: points only for the rounds it took part in
     for client in CLIENTS:
-        client_app = federation.site_dir(client) / job_id / f"app_{client}"
-        validated, trained = scalars(client_app, "val_metric_global_model"), scalars(client_app, "train_loss")
+        tracked = results / TRACKING_FOLDER / client
+        validated, trained = scalars(tracked, "val_metric_global_model"), scalars(tracked, "train_loss")
         if client == "client_MSD":
             assert sorted(validated) == [0] and trained == {}
         else:
@@ -119,9 +121,15 @@ def test_server_killed_between_rounds_a_resumed_job_continues_from_the_saved_rou
     assert set(saved["best_metrics"]) <= set(final["best_metrics"])  # best metrics carried over
     for key in ("global", "selector", *(f"personalized/{client}" for client in CLIENTS)):
         assert final["best_metrics"][key] >= saved["best_metrics"][key], key
+    # the downloaded job alone holds every site's curves, and the plot script draws them all from it
     for client in CLIENTS:
-        client_app = federation.site_dir(client) / resumed_id / f"app_{client}"
-        assert sorted(scalars(client_app, "val_metric_global_model")) == [1, 2], client
+        assert sorted(scalars(results / TRACKING_FOLDER / client, "val_metric_global_model")) == [1, 2], client
+    download = tmp_path / "download"
+    _, curves = plot.read_workspace(download, plot.VALIDATION_TAGS)
+    assert sorted(curves) == sorted(CLIENTS)
+    assert all(set(curves[client]) == set(plot.VALIDATION_TAGS) for client in CLIENTS), curves
+    png = plot.main(["--workspace", str(download)])
+    assert png == download / plot.DEFAULT_OUTPUT_NAME and png.read_bytes().startswith(b"\x89PNG")
 
 
 def _submit_when_server_is_back(federation, job, timeout: float = 120) -> str:

@@ -1,6 +1,7 @@
 """Smoothing, reading TensorBoard event files and the validation-curve plot CLI."""
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from result_stat import plot_tensorboard_events as plot
-from result_stat.workspace import find_client_apps, find_event_dirs
+from result_stat.workspace import TRACKING_FOLDER, find_client_apps, find_event_dirs, find_tracking_sites
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CURVES = {
@@ -33,6 +34,14 @@ def _simulator_workspace(root: Path) -> Path:
     for client, scalars in CURVES.items():
         _write_events(workspace / client / "simulate_job" / f"app_{client}", scalars)
     return workspace
+
+
+def _server_tracking(server_job: Path, curves: dict = CURVES) -> Path:
+    """The server's job workspace as the job's TBAnalyticsReceiver leaves it: `tb_events/<site>`."""
+    (server_job / "app_server").mkdir(parents=True, exist_ok=True)
+    for client, scalars in curves.items():
+        _write_events(server_job / TRACKING_FOLDER / client, scalars)
+    return server_job / TRACKING_FOLDER
 
 
 # --- smooth ---------------------------------------------------------------------------------
@@ -108,6 +117,38 @@ def test_find_client_apps_and_event_dirs(tmp_path):
     loose = tmp_path / "loose"
     _write_events(loose / "run_x", CURVES["client_B"])
     assert find_event_dirs(loose) == {"run_x": loose / "run_x"}
+
+
+def test_the_servers_tracking_folder_comes_before_the_clients_event_files(tmp_path):
+    workspace = _simulator_workspace(tmp_path)  # sites that also wrote their own (`local_tensorboard`)
+    server_job = workspace / "server" / "simulate_job"
+    tracking = _server_tracking(server_job, {"client_A": {"train_loss": [1.0]}, "client_B": {"train_loss": [2.0]}})
+    expected = {client: tracking / client for client in CURVES}
+    for path in (workspace, server_job, tracking):
+        assert find_event_dirs(path) == expected, path
+    assert plot.read_workspace(workspace, ["train_loss"])[1]["client_B"]["train_loss"][1].tolist() == [2.0]
+
+
+def test_a_downloaded_job_alone_draws_every_site(tmp_path):
+    download = tmp_path / "download"
+    tracking = _server_tracking(download / "2f1c-job-id" / "workspace")
+    assert find_tracking_sites(download) == {client: tracking / client for client in CURVES}
+    output = plot.main(["--workspace", str(download)])
+    assert output == download / plot.DEFAULT_OUTPUT_NAME and output.read_bytes().startswith(PNG_SIGNATURE)
+    _, curves = plot.read_workspace(download, list(plot.VALIDATION_TAGS))
+    figure = plot.plot_curves(curves, plot.VALIDATION_TAGS, 0.8)
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == list(CURVES)
+
+
+def test_of_several_jobs_in_a_poc_workspace_the_newest_tracking_folder_is_read(tmp_path):
+    loss = {"train_loss": [1.0]}
+    new = _server_tracking(tmp_path / "server" / "job-1", {"site-1": loss, "site-2": loss})
+    old = _server_tracking(tmp_path / "server" / "job-2", {"site-1": loss})
+    os.utime(old, (1_000_000_000, 1_000_000_000))
+    os.utime(new, (2_000_000_000, 2_000_000_000))  # the newer folder by its time, not by its name
+    assert find_tracking_sites(tmp_path) == {"site-1": new / "site-1", "site-2": new / "site-2"}
+    assert find_tracking_sites(tmp_path / "server" / "job-2") == {"site-1": old / "site-1"}
+    assert find_tracking_sites(tmp_path / "ws_without_tracking") == {}
 
 
 # --- CLI ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable, make_reply
 from nvflare.apis.signal import Signal
+from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
 from torch.utils.tensorboard import SummaryWriter
 
 from ..config import TrainConfig
@@ -35,20 +36,58 @@ from .messages import GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS, START_ER
 # gradient modes never step it on the client.
 CARRIED_OPTIMIZERS = ("global", "personalized")
 PERSONALIZED_BEST = "personalized_best.pt"
+ANALYTICS_WRITER = "analytics_writer"
+
+
+class SiteCurves:
+    """Where a site's validation metrics and training losses go (tags of `fedsm.tags`, step = round).
+
+    Always to NVFlare's experiment tracking: the client's `TBWriter` component `writer_id` fires them
+    as analytics events, the client's `ConvertToFedEvent` widget sends them to the server, and the
+    server's receiver (TensorBoard by default, or MLflow) records them per site. So the curves of every
+    site end up in the server's job workspace, the one folder a downloaded job holds. With `local_dir`,
+    the site also writes them to a TensorBoard folder of its own.
+    """
+
+    def __init__(self, fl_ctx: FLContext, writer_id: str, local_dir: Path | None = None):
+        self.tracking = fl_ctx.get_engine().get_component(writer_id)
+        if not isinstance(self.tracking, TBWriter):
+            found = "none" if self.tracking is None else type(self.tracking).__name__
+            raise ValueError(f"config_fed_client.json needs the component '{writer_id}' of class "
+                             f"{TBWriter.__module__}.TBWriter to send the site's curves to the server "
+                             f"(found: {found})")
+        self.local = SummaryWriter(log_dir=str(local_dir)) if local_dir is not None else None
+        self.writers = [self.tracking] if self.local is None else [self.tracking, self.local]
+
+    def add(self, scalars: dict[str, float], step: int) -> None:
+        for writer in self.writers:
+            for tag, value in scalars.items():
+                writer.add_scalar(tag, float(value), step)
+            writer.flush()
+
+    def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
 
 
 class FedSMLearner(Executor):
     """Runs the `train` and `validate` tasks of the FedSM workflow on one site.
 
-    Every hyper-parameter comes from `config_train.json` in the app's config folder.
+    Every hyper-parameter comes from `config_train.json` in the app's config folder. The curves go to
+    the server through the `TBWriter` component `analytics_writer_id` (`SiteCurves`);
+    `local_tensorboard` also writes them into this site's app folder, for a site that wants them on
+    its own disk as well.
     """
 
     def __init__(self, train_config_filename: str = "config_train.json", train_task_name: str = "train",
-                 validate_task_name: str = "validate"):
+                 validate_task_name: str = "validate", analytics_writer_id: str = ANALYTICS_WRITER,
+                 local_tensorboard: bool = False):
         super().__init__()
         self.train_config_filename = train_config_filename
         self.train_task_name = train_task_name
         self.validate_task_name = validate_task_name
+        self.analytics_writer_id = analytics_writer_id
+        self.local_tensorboard = local_tensorboard
         self.ready = False
         self.start_error = "the FedSM learner was not started"
 
@@ -62,7 +101,7 @@ class FedSMLearner(Executor):
                 self.log_error(fl_ctx, f"{fl_ctx.get_identity_name()} cannot start: {error}")
                 self.start_error = f"{fl_ctx.get_identity_name()} cannot start: {public_reason(error)}"
         elif event_type == EventType.END_RUN and self.ready:
-            self.writer.close()
+            self.curves.close()
 
     def _initialize(self, fl_ctx: FLContext) -> None:
         keep_heap_trimmed()
@@ -82,7 +121,8 @@ class FedSMLearner(Executor):
             shapes_of(get_weights(self.models["selector"]))
         self.task_shapes = {GLOBAL: unet_shapes, PERSONALIZED: unet_shapes, SELECTOR: selector_shapes,
                             SELECTOR_MOMENTS: expected_moment_shapes(get_weights(self.models["selector"]))}
-        self.writer = SummaryWriter(log_dir=str(self.app_root))
+        self.curves = SiteCurves(fl_ctx, self.analytics_writer_id,
+                                 local_dir=self.app_root if self.local_tensorboard else None)
         self.best_metrics: dict[str, float] = {}
         self.state_dir = client_state_dir(self.config.client_state_dir, self.app_root, self.client_name)
         self.state_checked = False  # the first task decides whether the saved client state continues
@@ -156,9 +196,7 @@ class FedSMLearner(Executor):
             SELECTOR_METRIC: accuracy,
             SELECTOR_CONFIDENCE: confidence,
         }
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, round_number)
-        self.writer.flush()
+        self.curves.add(metrics, round_number)
         personalized = {"weights": get_weights(self.models["personalized"]), "round": round_number,
                         PERSONALIZED_METRIC: metrics[PERSONALIZED_METRIC]}
         save_checkpoint(self.app_root / "personalized_last.pt", personalized)
@@ -184,9 +222,7 @@ class FedSMLearner(Executor):
             self.config.selector_local_epochs, self.compute, moments)
         del moments
         losses = {GLOBAL_LOSS: loss_global, PERSONALIZED_LOSS: loss_personalized, SELECTOR_LOSS: loss_selector}
-        for tag, value in losses.items():
-            self.writer.add_scalar(tag, value, task.round)
-        self.writer.flush()
+        self.curves.add(losses, task.round)
         self.log_info(fl_ctx, f"round {task.round} training: " +
                       ", ".join(f"{tag} {value:.4f}" for tag, value in losses.items()))
         global_diff = weight_difference(get_weights(self.models["global"]), task.global_model)
