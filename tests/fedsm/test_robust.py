@@ -6,35 +6,93 @@ import numpy as np
 import pytest
 
 from fedsm.core.model_set import ModelSet
-from fedsm.core.robust import capped_weight, nonfinite_arrays, norm_outliers, update_norm
+from fedsm.core.robust import (EXP_AVG_PART, EXP_AVG_SQ_PART, GLOBAL_PART, PERSONALIZED_PART, SELECTOR_PART,
+                               InfluenceBounds, bounded_claims, lower_median, missing_arrays, nonfinite_arrays,
+                               part_norms, screen_round)
+from fedsm.core.selector_update import SelectorUpload
 from fedsm.io.checkpoint import (CheckpointError, load_checkpoint, rotated_states, save_rotated_state,
                                  model_set_from_checkpoint, model_set_to_checkpoint)
 
 
-def test_a_weight_never_exceeds_the_declared_steps():
-    assert capped_weight(50, None) == 50  # the first update declares
-    assert capped_weight(1_000_000, 50) == 50
-    assert capped_weight(20, 50) == 20
+def test_lower_median_takes_the_lower_middle_value():
+    assert lower_median([5.0, 1.0, 3.0]) == 3.0
+    assert lower_median([10.0, 1.0]) == 1.0  # of two sites, neither can raise it
+    assert lower_median([4.0, 1.0, 3.0, 2.0]) == 2.0
 
 
-def test_update_norm_covers_every_part_given():
-    a = {"x": np.array([3.0, 0.0], np.float32)}
-    b = {"y": np.array([[4.0]], np.float32)}
-    assert update_norm(a, None, b) == pytest.approx(5.0)
-    assert update_norm() == 0.0
+def test_claims_are_bounded_by_the_lower_median_and_a_site_maximum():
+    claims = {"a": 100, "b": 120, "c": 1_000_000}
+    assert bounded_claims(claims, 3.0) == {"a": 100.0, "b": 120.0, "c": 360.0}
+    assert bounded_claims(claims, 0.0) == {"a": 100.0, "b": 120.0, "c": 1_000_000.0}  # off
+    assert bounded_claims(claims, 3.0, {"a": 50}) == {"a": 50.0, "b": 120.0, "c": 360.0}
+    assert bounded_claims({"a": 100, "evil": 10**6}, 3.0)["evil"] == 300.0
 
 
-def test_norm_outliers_against_the_round_median():
-    norms = {"a": 1.0, "b": 1.2, "c": 0.9, "evil": 50.0}
-    assert norm_outliers(norms, 10.0) == ["evil"]
-    assert norm_outliers(norms, 0.0) == []  # off
-    assert norm_outliers({"a": 1.0, "evil": 50.0}, 10.0) == []  # two updates have no meaningful median
+def _norms(value, **parts):
+    return {GLOBAL_PART: value, PERSONALIZED_PART: value, SELECTOR_PART: value, **parts}
+
+
+def test_screen_rejects_a_part_over_the_round_lower_median_and_records_history():
+    norms = {"a": _norms(1.0), "b": _norms(1.2), "c": _norms(0.9), "evil": _norms(1.0, **{SELECTOR_PART: 50.0})}
+    screen = screen_round({"a": 10, "b": 12, "c": 9, "evil": 10}, norms, InfluenceBounds(norm_ratio=10.0), {})
+    assert set(screen.rejected) == {"evil"} and "selector update norm 50" in screen.rejected["evil"]
+    assert screen.weights == {"a": 10.0, "b": 12.0, "c": 9.0} and screen.capped == {}
+    assert screen.history[SELECTOR_PART] == [1.0]  # the lower median of the sites kept
+
+
+def test_screen_with_two_sites_uses_the_recent_history():
+    history = {part: [1.0, 1.1, 0.9] for part in (GLOBAL_PART, PERSONALIZED_PART, SELECTOR_PART)}
+    norms = {"a": _norms(1.0), "evil": _norms(1e14)}
+    screen = screen_round({"a": 10, "evil": 10}, norms, InfluenceBounds(), history)
+    assert set(screen.rejected) == {"evil"} and "recent rounds" in screen.rejected["evil"]
+    assert screen.history[GLOBAL_PART] == [1.0, 1.1, 0.9, 1.0]
+    assert not screen_round({"a": 10, "evil": 10}, norms, InfluenceBounds(), {}).rejected  # nothing to compare with
+
+
+def test_screen_leaves_out_updates_without_content_and_caps_weights():
+    norms = {"a": _norms(1.0), "b": _norms(1.0), "empty": {GLOBAL_PART: 0.0, PERSONALIZED_PART: 0.0}}
+    screen = screen_round({"a": 100, "b": 10**6, "empty": 10**6}, norms, InfluenceBounds(steps_ratio=3.0), {})
+    assert "no effective content" in screen.rejected["empty"]
+    assert screen.weights == {"a": 100.0, "b": 300.0} and "capped" in screen.capped["b"]
+
+
+def test_history_keeps_the_last_rounds_only():
+    history = {GLOBAL_PART: [1.0, 2.0, 3.0]}
+    screen = screen_round({"a": 1}, {"a": {GLOBAL_PART: 4.0}}, InfluenceBounds(history_rounds=3), history)
+    assert screen.history[GLOBAL_PART] == [2.0, 3.0, 4.0]
+
+
+def test_bounds_reject_meaningless_settings():
+    with pytest.raises(ValueError, match="norm_ratio"):
+        InfluenceBounds(norm_ratio=0.5)
+    with pytest.raises(ValueError, match="max_steps"):
+        InfluenceBounds(max_steps={"a": 0})
+
+
+def test_part_norms_measure_each_part_in_gradient_units():
+    held = {"w": np.ones(4, np.float32)}
+    upload = SelectorUpload(diff={"s": np.array([3.0, 4.0], np.float32)},
+                            moments={"exp_avg/s": np.array([0.0, 2.0], np.float32),
+                                     "exp_avg_sq/s": np.array([9.0, 16.0], np.float32), "step": np.float32(1)})
+    norms = part_norms({"w": np.full(4, 0.5, np.float32)}, {"w": np.full(4, 2.0, np.float32)}, held, upload)
+    assert norms == pytest.approx({GLOBAL_PART: 1.0, PERSONALIZED_PART: 2.0, SELECTOR_PART: 5.0, EXP_AVG_PART: 2.0,
+                                   EXP_AVG_SQ_PART: 5.0})
+
+
+def test_missing_arrays_names_what_the_next_tasks_would_lack():
+    template = _models()
+    assert missing_arrays(_models(2.0), template) == []
+    broken = _models(2.0)
+    broken.selector_moments = {"exp_avg/s": np.zeros(3, np.float32), "step": np.float32(1)}
+    del broken.personalized["site"]["w"]
+    assert missing_arrays(broken, template) == ["personalized/site/w", "selector_moments/exp_avg_sq/s"]
 
 
 def _models(value=1.0, next_round=1):
     w = {"w": np.full((2, 2), value, np.float32)}
     return ModelSet(global_model=dict(w), selector={"s": np.full(3, value, np.float32)}, selector_moments={},
-                    personalized={"site": dict(w)}, next_round=next_round, declared_steps={"site": 7})
+                    personalized={"site": dict(w)}, next_round=next_round,
+                    norm_history={"global difference": [0.5, 0.25]})
 
 
 def test_nonfinite_arrays_names_the_part_and_array():
@@ -51,7 +109,7 @@ def test_rotated_states_keep_the_newest_and_the_link_points_at_it(tmp_path):
     assert [p.name for p in rotated_states(tmp_path, "fedsm_state.pt")] == [
         "fedsm_state.r00005.pt", "fedsm_state.r00004.pt", "fedsm_state.r00003.pt"]
     latest = model_set_from_checkpoint(load_checkpoint(path), path)
-    assert latest.next_round == 5 and latest.declared_steps == {"site": 7}
+    assert latest.next_round == 5 and latest.norm_history == {"global difference": [0.5, 0.25]}
     assert os.stat(path).st_mode & 0o777 == 0o600
 
 

@@ -9,8 +9,8 @@ Weights = dict[str, np.ndarray]
 
 @dataclasses.dataclass
 class ModelSet:
-    """Models to send in round `next_round`, the best validation metrics seen so far, and each
-    client's declared local steps per round (its aggregation weight cap, see `core.robust`).
+    """Models to send in round `next_round`, the best validation metrics seen so far, and each update
+    part's recent norm references (the bounds of rounds with fewer than three sites, see `core.robust`).
 
     `personalized` maps client name to that client's model; it is a namespace of its own, so a
     client name can never collide with a model ID.
@@ -22,4 +22,4 @@ class ModelSet:
     personalized: dict[str, Weights]
     next_round: int = 0
     best_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
-    declared_steps: dict[str, int] = dataclasses.field(default_factory=dict)  # per client: its weight cap
+    norm_history: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # part -> recent references

@@ -6,6 +6,7 @@ import numpy as np
 
 from .adam_moments import STEP_KEY, moment_key
 from .model_set import ModelSet, Weights
+from .robust import incomplete_moments
 from .selector_update import SelectorUpload
 from .soft_pull import soft_pull
 from .update_checks import MAX_ABS_VALUE, out_of_range_names
@@ -59,6 +60,9 @@ class RoundAggregator:
                         if key.startswith(moment_key("exp_avg_sq", "")) and (np.asarray(value) < 0).any()]
             if negative:
                 return f"moments: negative exp_avg_sq in {negative[:5]}"
+            missing = incomplete_moments(selector.moments, selector.diff or {})
+            if missing:
+                return f"moments: incomplete, no {missing[:5]}"
         self._global_diff.add(global_diff, weight)
         self._selector.add(selector, weight)
         own = self.current.personalized[client] if client in self.current.personalized else self.current.global_model
@@ -87,5 +91,5 @@ class RoundAggregator:
             personalized=personalized,
             next_round=self.current.next_round + 1,
             best_metrics=dict(self.current.best_metrics),
-            declared_steps=dict(self.current.declared_steps),
+            norm_history={part: list(values) for part, values in self.current.norm_history.items()},
         )

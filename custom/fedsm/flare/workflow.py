@@ -17,10 +17,11 @@ from nvflare.apis.impl.controller import Controller
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
-from ..core.best_models import improved_models, mean_metric
+from ..core.best_models import BEST_MODEL_RULES, improved_models, mean_metric
 from ..core.label_mapping import check_label_mapping
 from ..core.model_set import ModelSet
-from ..core.robust import capped_weight, nonfinite_arrays, norm_outliers, update_norm
+from ..core.robust import (InfluenceBounds, bounded_claims, missing_arrays, nonfinite_arrays, part_norms,
+                           screen_round)
 from ..core.update_checks import shapes_of
 from ..job_config import check_packaged_code
 from ..memory import keep_heap_trimmed, memory_use, release_free_heap
@@ -46,7 +47,10 @@ class FedSMController(Controller):
         min_clients: int | None = None,
         validate_final_models: bool = True,
         tensor_disk_offload: bool = True,
-        max_update_norm_ratio: float = 0.0,
+        max_steps_ratio: float = 3.0,
+        max_norm_ratio: float = 10.0,
+        max_steps: dict | None = None,
+        best_model_rule: str = "median",
         checkpoint_timeout: float = 600.0,
     ):
         """
@@ -62,9 +66,14 @@ class FedSMController(Controller):
             tensor_disk_offload: the server writes incoming client updates to temporary files as they
                 arrive and reads each one back while aggregating it (NVFlare's tensor disk offload),
                 so that concurrent uploads of large updates do not all sit in memory at once.
-            max_update_norm_ratio: k > 0 rejects an update whose norm exceeds k times the round's median
-                norm (with three or more updates). The server then holds every decoded update until the
-                round closes instead of streaming it: K updates in memory. 0 (default): off.
+            max_steps_ratio: a site's aggregation weight (its local steps) is at most this times the
+                round's lower median claim (0: no such bound).
+            max_norm_ratio: a site whose update part (global difference, personalized change, selector
+                update, Adam moments) has a norm over this times the part's reference is left out of
+                the round (0: off). See `fedsm.core.robust`; the server holds the round's decoded
+                updates until it closes, since the bounds need every site's claims.
+            max_steps: site name -> most local steps its update may weigh.
+            best_model_rule: `median` (default) or `reference` (as published); see `fedsm.core.best_models`.
             checkpoint_timeout: seconds a checkpoint write may take before the run stops naming it.
         """
         super().__init__()
@@ -79,10 +88,13 @@ class FedSMController(Controller):
         self.min_clients = min_clients
         self.validate_final_models = validate_final_models
         self.tensor_disk_offload = tensor_disk_offload
-        self.max_update_norm_ratio = max_update_norm_ratio
+        self.bounds = InfluenceBounds(steps_ratio=max_steps_ratio, norm_ratio=max_norm_ratio,
+                                      max_steps=dict(max_steps or {}))
+        if best_model_rule not in BEST_MODEL_RULES:
+            raise ValueError(f"best_model_rule must be one of {sorted(BEST_MODEL_RULES)}, got {best_model_rule!r}")
+        self.best_rule = BEST_MODEL_RULES[best_model_rule]
         self.checkpoint_timeout = checkpoint_timeout
-        self._held: dict[str, FedSMUpdate] = {}  # with the norm rule: decoded updates until the round closes
-        self._declared: dict[str, int] = {}  # this round's first-time declarations of local steps
+        self._held: dict[str, tuple[FedSMUpdate, dict[str, float]]] = {}  # decoded updates and their part norms
         self._current: ModelSet | None = None
         self._lock = threading.Lock()  # one lock around accepting, tracking the best models and aggregating
         self._round_open = False
@@ -211,25 +223,16 @@ class FedSMController(Controller):
             round_number = models.next_round
             self.log_info(fl_ctx, f"Round {round_number} of {self.num_rounds} started ({len(clients)} clients).")
             started = time.monotonic()
-            self.aggregator.start_round(models, {c: self.labels[c] for c in clients}, self.mode,
-                                        self.train_config.learning_rate_select)
-            self._update_shapes = update_shapes(shapes_of(models.global_model),
-                                                self.mode.upload_shapes(models.selector))
-            self._current, self._held, self._declared = models, {}, {}
+            self._start_round(models, clients)
             self._run_tasks(self.train_task_name, models, clients, abort_signal, fl_ctx)
             if abort_signal.triggered:
                 return
             results_in = time.monotonic()
             with self._lock:  # a late result is not accepted while the round is closed
                 self._round_open = False
-                self._accept_held(fl_ctx)
-                self._track_best(models, round_number, fl_ctx)
-                contributors = self.aggregator.contributors
-                if len(contributors) < self.min_clients:
-                    self.system_panic(f"round {round_number}: {len(contributors)} valid client updates "
-                                      f"({contributors}), fewer than min_clients={self.min_clients}", fl_ctx)
-                    return
-                models = self._next_models(models, fl_ctx)
+                models, contributors = self._close_round(models, fl_ctx)
+            if models is None:
+                return
             release_free_heap()  # the round's accumulators and received updates, before the next tasks
             if not self._finish_writes(fl_ctx):  # the previous round's; at most one model set in flight
                 return
@@ -241,39 +244,62 @@ class FedSMController(Controller):
         if self.validate_final_models:
             self._run_tasks(self.validate_task_name, models, clients, abort_signal, fl_ctx)
             if not abort_signal.triggered:
-                self._track_best(models, models.next_round, fl_ctx)
+                sizes = bounded_claims(self._sizes, self.bounds.steps_ratio)
+                self._track_best(models, models.next_round, sizes, fl_ctx, final=True)
                 self._write_in_background(self._save_state, _snapshot(models), fl_ctx)
         self.log_info(fl_ctx, "FedSM finished.")
 
-    def _next_models(self, current: ModelSet, fl_ctx: FLContext) -> ModelSet:
-        """The aggregated model set, or, when it holds NaN/Inf, `current` again for the next round (the
-        round is discarded and the last good state kept)."""
+    def _start_round(self, models: ModelSet, clients: list[str]) -> None:
+        """Get the aggregator and the reply checks ready for a training round of `models`."""
+        self.aggregator.start_round(models, {c: self.labels[c] for c in clients}, self.mode,
+                                    self.train_config.learning_rate_select)
+        self._update_shapes = update_shapes(shapes_of(models.global_model), self.mode.upload_shapes(models.selector))
+        self._current, self._held = models, {}
+
+    def _open_tasks(self, round_number: int) -> None:
+        """Start taking the replies to round `round_number`'s tasks."""
+        self._metrics, self._sizes, self._client_seconds, self._bytes_up = {}, {}, {}, {}
+        self._client_memory = {}
+        self._accept_seconds = 0.0
+        self._round_open = True
+        self._task_round = round_number
+
+    def _close_round(self, models: ModelSet, fl_ctx: FLContext) -> tuple[ModelSet | None, list[str]]:
+        """Bound the round's held updates (`core.robust`), aggregate those that count in client order,
+        track the best models on their metrics alone; the next model set and the contributors, or
+        None (after a system panic) when fewer than `min_clients` count."""
+        round_number = models.next_round
+        held, self._held = self._held, {}
+        screen = screen_round({c: update.steps for c, (update, _) in held.items()},
+                              {c: norms for c, (_, norms) in held.items()}, self.bounds, models.norm_history)
+        for client, reason in sorted(screen.rejected.items()):
+            self.log_warning(fl_ctx, f"update of {client} rejected in round {round_number}: {reason}")
+        for client, reason in sorted(screen.capped.items()):
+            self.log_warning(fl_ctx, f"update of {client} in round {round_number}: {reason}")
+        for client in sorted(screen.weights):
+            self.aggregator.accept(client, held[client][0], screen.weights[client], fl_ctx)
+        del held
+        contributors = self.aggregator.contributors
+        self._metrics = {client: self._metrics[client] for client in contributors}
+        self._track_best(models, round_number, {c: screen.weights[c] for c in contributors}, fl_ctx)
+        if len(contributors) < self.min_clients:
+            self.system_panic(f"round {round_number}: {len(contributors)} valid client updates "
+                              f"({contributors}), fewer than min_clients={self.min_clients}", fl_ctx)
+            return None, contributors
+        return self._next_models(models, screen.history, fl_ctx), contributors
+
+    def _next_models(self, current: ModelSet, norm_history: dict[str, list[float]], fl_ctx: FLContext) -> ModelSet:
+        """The aggregated model set, or, when it holds NaN/Inf or lacks an array the next tasks need,
+        `current` again for the next round (the round is discarded and the last good state kept)."""
         models = self.aggregator.aggregate(fl_ctx)
-        models.declared_steps.update(self._declared)
-        bad = nonfinite_arrays(models)
-        if bad:
-            self.log_error(fl_ctx, f"round {current.next_round} discarded: the aggregated models hold NaN/Inf in "
-                                   f"{bad[:5]}; the next round starts from the last good models")
-            return dataclasses.replace(current, next_round=current.next_round + 1)
+        models.norm_history = norm_history
+        for problem, bad in (("hold NaN/Inf in", nonfinite_arrays(models)),
+                             ("lack or misshape", missing_arrays(models, current))):
+            if bad:
+                self.log_error(fl_ctx, f"round {current.next_round} discarded: the aggregated models {problem} "
+                                       f"{bad[:5]}; the next round starts from the last good models")
+                return dataclasses.replace(current, next_round=current.next_round + 1)
         return models
-
-    def _accept_held(self, fl_ctx: FLContext) -> None:
-        """With the norm rule on: reject the round's outliers, then stream the other held updates in."""
-        norms = {client: update_norm(update.global_diff, update.selector.diff, update.selector.gradient)
-                 for client, update in self._held.items()}
-        outliers = norm_outliers(norms, self.max_update_norm_ratio)
-        for client in sorted(self._held):
-            if client in outliers:
-                self.log_warning(fl_ctx, f"update of {client} rejected: norm {norms[client]:.4g} is over "
-                                         f"{self.max_update_norm_ratio} x the round's median")
-            else:
-                self._accept(client, self._held[client], fl_ctx)
-        self._held = {}
-
-    def _accept(self, client: str, update: FedSMUpdate, fl_ctx: FLContext) -> None:
-        declared = self._current.declared_steps.get(client)
-        if self.aggregator.accept(client, update, capped_weight(update.steps, declared), fl_ctx) and declared is None:
-            self._declared[client] = update.steps
 
     def _save_state(self, models: ModelSet, fl_ctx: FLContext) -> None:
         """Runs on the checkpoint thread; the log line tells that a restart can resume from this state."""
@@ -324,11 +350,7 @@ class FedSMController(Controller):
 
     def _run_tasks(self, task_name: str, models: ModelSet, clients: list[str], abort_signal: Signal,
                    fl_ctx: FLContext) -> None:
-        self._metrics, self._sizes, self._client_seconds, self._bytes_up = {}, {}, {}, {}
-        self._client_memory = {}
-        self._accept_seconds = 0.0
-        self._round_open = True
-        self._task_round = models.next_round
+        self._open_tasks(models.next_round)
         send_moments = self.mode.clients_step_adam and task_name == self.train_task_name
         tasks = []
         for client in clients:
@@ -389,20 +411,24 @@ class FedSMController(Controller):
             self._sizes[client] = update.num_validation
             self._client_seconds[client] = update.seconds
             self._client_memory[client] = update.memory
-            if training and self.max_update_norm_ratio > 0:
-                self._held[client] = update
-            elif training:
-                self._accept(client, update, fl_ctx)
+            if training:
+                held = self._current.personalized.get(client, self._current.global_model)
+                self._held[client] = (update, part_norms(update.global_diff, update.personalized, held,
+                                                         update.selector))
                 self._accept_seconds += time.monotonic() - started
 
-    def _track_best(self, models: ModelSet, round_number: int, fl_ctx: FLContext) -> None:
-        """Validation metrics of this round belong to `models`, the models that were sent."""
-        self.log_info(fl_ctx, f"round {round_number} validation (mean over clients): "
-                              f"global Dice {mean_metric(self._metrics, self._sizes, GLOBAL_METRIC):.4f}, "
-                              f"selector accuracy {mean_metric(self._metrics, self._sizes, SELECTOR_METRIC):.4f}")
+    def _track_best(self, models: ModelSet, round_number: int, weights: dict[str, float], fl_ctx: FLContext,
+                    final: bool = False) -> None:
+        """Validation metrics of this round belong to `models`, the models that were sent; `weights`
+        are the counted sites' bounded steps (training) or validation sizes (final validation)."""
+        sizes = bounded_claims({c: self._sizes[c] for c in self._metrics}, self.bounds.steps_ratio)
+        self.log_info(fl_ctx, f"round {round_number} validation (mean over {len(self._metrics)} clients): "
+                              f"global Dice {mean_metric(self._metrics, sizes, GLOBAL_METRIC):.4f}, "
+                              f"selector accuracy {mean_metric(self._metrics, sizes, SELECTOR_METRIC):.4f}")
         sources = {"global": lambda _: models.global_model, "selector": lambda _: models.selector,
                    "personalized": lambda client: models.personalized[client]}
-        for model, client, value in improved_models(self._metrics, self._sizes, models.best_metrics):
+        for model, client, value in improved_models(self._metrics, weights, models.best_metrics, self.best_rule,
+                                                    round_number, final):
             path = self.persistor.best_path(model, client, fl_ctx)
             self._write_in_background(self.persistor.save_best, model, client, sources[model](client), value,
                                       round_number, fl_ctx)
@@ -420,4 +446,4 @@ def _snapshot(models: ModelSet) -> ModelSet:
     """What a background write may hold: the arrays are never modified once a model set exists (each
     round builds new ones), but the best-metric dict is updated by the next round's tracking."""
     return dataclasses.replace(models, best_metrics=dict(models.best_metrics),
-                               declared_steps=dict(models.declared_steps))
+                               norm_history={part: list(values) for part, values in models.norm_history.items()})

@@ -99,7 +99,7 @@ def model_set_to_checkpoint(models: ModelSet) -> dict[str, Any]:
         "personalized": models.personalized,
         "next_round": models.next_round,
         "best_metrics": models.best_metrics,
-        "declared_steps": models.declared_steps,
+        "norm_history": models.norm_history,
     }
 
 
@@ -112,7 +112,7 @@ def model_set_from_checkpoint(content: dict[str, Any], path: str | os.PathLike) 
             personalized=content["personalized"],
             next_round=int(content["next_round"]),
             best_metrics=dict(content["best_metrics"]),
-            declared_steps={client: int(steps) for client, steps in content.get("declared_steps", {}).items()},
+            norm_history={part: [float(v) for v in values] for part, values in content.get("norm_history", {}).items()},
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {path} is not a FedSM model set: missing or bad {error}") from error
