@@ -3,8 +3,9 @@
 Each reply travels through NVFlare's serialization (`fobs`) into `FedSMController._on_result`, and the
 round closes with `_close_round`: the influence bounds (`core.robust`), `FedSMAggregator`, best-model
 tracking with the real persistor, and the check of the next model set. Three honest sites and `evil`,
-tiny models. Where a test turns a rule off, it shows that the probe then does harm, so the test
-would fail without the rule.
+tiny models. Most probes come after one honest round (`warm_models`), which gives the bounds their
+history, as in every round of a run but a fresh run's first. Where a test turns a rule off, it shows
+that the probe then does harm, so the test would fail without the rule.
 """
 
 import copy
@@ -129,6 +130,12 @@ class Server:
         return [w for w in self.controller.warnings if w.startswith(f"update of {client} rejected")]
 
 
+def warm_models(tmp_path, mode="client_adam_on_server"):
+    """The models after one honest round, with the bounds' history of that round."""
+    models, _ = Server(tmp_path / "warm", mode).honest_round(start_models(), seed=500)
+    return models
+
+
 def _flat(models):
     return {**{f"global/{k}": v for k, v in models.global_model.items()},
             **{f"selector/{k}": v for k, v in models.selector.items()},
@@ -167,25 +174,41 @@ def test_a_clean_round_is_bitwise_the_same_with_the_bounds_on_and_off(tmp_path):
 def test_a_site_sending_huge_values_is_left_out_and_poisons_nothing(tmp_path):
     """A site that forgot to normalize: every value near 1e14, well-formed and under the range check."""
     server = Server(tmp_path)
-    models = start_models()
+    models = warm_models(tmp_path)
     evil = _scaled(honest_reply(server.mode, models, "evil", 99), 1e14 / 3)
     evil.parts["personalized"] = {k: np.full_like(v, 1e14) for k, v in evil.parts["personalized"].items()}
     with_evil, contributors = server.honest_round(models, evil=evil)
     without, _ = Server(tmp_path / "clean").honest_round(models)
-    assert "evil" not in contributors and server.rejected("evil")
+    assert "evil" not in contributors and "norm" in server.rejected("evil")[0]
     assert_same_models(with_evil, without)
     unbounded, _ = Server(tmp_path / "off", max_norm_ratio=0).honest_round(models, evil=evil)
     assert np.abs(unbounded.personalized["a"]["conv.weight"]).max() > 1e12  # what the rule prevents
 
 
-def test_a_claim_of_a_million_steps_is_capped_by_the_others_claims(tmp_path):
+def test_in_a_fresh_run_first_round_a_huge_update_discards_the_round_then_is_held_out(tmp_path):
+    """Before any history, updates are aggregated on arrival; one that fails the round's screen
+    cannot be taken out again, so the round is discarded, and from then on such an update waits."""
     server = Server(tmp_path)
     models = start_models()
+    evil = _scaled(honest_reply(server.mode, models, "evil", 99), 1e14 / 3)
+    after_first, _ = server.honest_round(models, evil=evil)
+    assert any("round 0 discarded" in w and "evil" in w for w in server.controller.warnings)
+    assert after_first.next_round == 1 and after_first.norm_history
+    assert_same_models(after_first, models)
+    evil = _scaled(honest_reply(server.mode, after_first, "evil", 98), 1e14 / 3)
+    after_second, contributors = server.honest_round(after_first, evil=evil)
+    assert contributors == list(HONEST) and after_second.next_round == 2
+    assert_same_models(after_second, Server(tmp_path / "clean").honest_round(after_first)[0])
+
+
+def test_a_claim_of_a_million_steps_is_capped_by_the_others_claims(tmp_path):
+    server = Server(tmp_path)
+    models = warm_models(tmp_path)
     evil = honest_reply(server.mode, models, "evil", 99)
     evil.steps = 10**6
     next_models, contributors = server.honest_round(models, evil=evil)
     assert "evil" in contributors
-    assert any("evil" in w and "capped" in w for w in server.controller.warnings)
+    assert any(w.startswith("update of evil in round") and "weighted as 36" in w for w in server.controller.warnings)
     # the global step is the step-weighted mean with evil weighted 3 x the lower median claim (12)
     replies = {c: honest_reply(server.mode, models, c, i) for i, c in enumerate(HONEST)}
     weights = {**{c: STEPS[c] for c in HONEST}, "evil": 36}
@@ -208,7 +231,7 @@ def test_a_short_first_round_does_not_cap_a_site_forever(tmp_path):
 
 def test_a_gradient_a_million_times_the_others_is_left_out(tmp_path):
     server = Server(tmp_path)
-    models = start_models()
+    models = warm_models(tmp_path)
     evil = _scaled(honest_reply(server.mode, models, "evil", 99), 1e6, parts={"selector_gradient"})
     with_evil, contributors = server.honest_round(models, evil=evil)
     assert "evil" not in contributors and "selector update" in server.rejected("evil")[0]
@@ -220,7 +243,7 @@ def test_a_gradient_a_million_times_the_others_is_left_out(tmp_path):
 
 def test_client_adam_moments_far_off_the_others_are_left_out(tmp_path):
     server = Server(tmp_path, "client_adam")
-    models = start_models()
+    models = warm_models(tmp_path, "client_adam")
     evil = honest_reply(server.mode, models, "evil", 99)
     evil.parts["selector_moments"] = {key: (np.full_like(v, 1e6) if key.startswith("exp_avg/") else
                                             np.zeros_like(v) if key.startswith("exp_avg_sq/") else v)

@@ -7,8 +7,8 @@ import pytest
 
 from fedsm.core.model_set import ModelSet
 from fedsm.core.robust import (EXP_AVG_PART, EXP_AVG_SQ_PART, GLOBAL_PART, PERSONALIZED_PART, SELECTOR_PART,
-                               InfluenceBounds, bounded_claims, lower_median, missing_arrays, nonfinite_arrays,
-                               part_norms, screen_round)
+                               STEPS_HISTORY, InfluenceBounds, bounded_claims, exceeds_recent_bounds, lower_median,
+                               missing_arrays, nonfinite_arrays, part_norms, screen_round)
 from fedsm.core.selector_update import SelectorUpload
 from fedsm.io.checkpoint import (CheckpointError, load_checkpoint, rotated_states, save_rotated_state,
                                  model_set_from_checkpoint, model_set_to_checkpoint)
@@ -53,7 +53,18 @@ def test_screen_leaves_out_updates_without_content_and_caps_weights():
     norms = {"a": _norms(1.0), "b": _norms(1.0), "empty": {GLOBAL_PART: 0.0, PERSONALIZED_PART: 0.0}}
     screen = screen_round({"a": 100, "b": 10**6, "empty": 10**6}, norms, InfluenceBounds(steps_ratio=3.0), {})
     assert "no effective content" in screen.rejected["empty"]
-    assert screen.weights == {"a": 100.0, "b": 300.0} and "capped" in screen.capped["b"]
+    assert screen.weights == {"a": 100.0, "b": 300.0} and "weighted as 300" in screen.capped["b"]
+
+
+def test_an_update_over_the_recent_bounds_waits_for_the_round():
+    history = {GLOBAL_PART: [1.0, 1.2], STEPS_HISTORY: [10.0]}
+    bounds = InfluenceBounds()
+    assert exceeds_recent_bounds(12, {GLOBAL_PART: 5.0}, bounds, history) is None
+    assert "global difference norm" in exceeds_recent_bounds(12, {GLOBAL_PART: 50.0}, bounds, history)
+    assert "local steps" in exceeds_recent_bounds(31, {GLOBAL_PART: 1.0}, bounds, history)
+    assert exceeds_recent_bounds(10**6, {GLOBAL_PART: 1e14}, bounds, {}) is None  # no history: the screen decides
+    screen = screen_round({"a": 10, "b": 14}, {"a": _norms(1.0), "b": _norms(1.0)}, bounds, {})
+    assert screen.history[STEPS_HISTORY] == [10.0]
 
 
 def test_history_keeps_the_last_rounds_only():

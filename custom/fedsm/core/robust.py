@@ -1,4 +1,4 @@
-"""Bounds on one site's influence on a round, decided once the round's updates are all in.
+"""Bounds on one site's influence on a round.
 
 A site that forgot to normalize its images, or a hostile one, sends well-formed updates of any size
 and claims any number of steps. Each bound compares a site with something it does not control alone:
@@ -12,6 +12,13 @@ and claims any number of steps. Each bound compares a site with something it doe
   the accepted sites' claims, and at most its own `max_steps` from the job config.
 
 The lower median of two values is the smaller one, so with two sites neither can raise a bound.
+
+The server streams an update into the round's sums as it arrives (holding every site's update would
+cost K selector copies), so the verdict comes in two steps: on arrival, an update within the bounds
+of recent rounds is aggregated at once, one over them is held (`exceeds_recent_bounds`); when the
+round closes, `screen_round` judges every update against the round's own references. An update that
+was aggregated at once but fails that screen (possible only before there is any history, i.e. in a
+fresh run's first round) cannot be taken out of the sums, so the round is discarded.
 """
 
 import dataclasses
@@ -27,6 +34,7 @@ from .update_checks import nonfinite_names
 
 GLOBAL_PART, PERSONALIZED_PART, SELECTOR_PART = "global difference", "personalized change", "selector update"
 EXP_AVG_PART, EXP_AVG_SQ_PART = "selector exp_avg", "selector exp_avg_sq"
+STEPS_HISTORY = "local steps"  # the history of the round's lower median claim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +129,30 @@ def norm_reference(norms: Sequence[float], history: Sequence[float]) -> tuple[fl
     return None, ""
 
 
+def has_content(norms: Mapping[str, float]) -> bool:
+    """Whether an update changes anything (some part has a nonzero norm)."""
+    return any(norms.values())
+
+
+def exceeds_recent_bounds(steps: int, norms: Mapping[str, float], bounds: InfluenceBounds,
+                          history: Mapping[str, Sequence[float]]) -> str | None:
+    """Why an update must wait for the round's screen: its steps or a part's norm over the bound that
+    recent rounds set; None when it may be aggregated at once (also when there is no history yet)."""
+    recent = history.get(STEPS_HISTORY)
+    if bounds.steps_ratio > 0 and recent and steps > bounds.steps_ratio * float(np.median(recent)):
+        return f"{steps} local steps"
+    for part, value in sorted(norms.items()):
+        recent = history.get(part)
+        if bounds.norm_ratio > 0 and recent and value > bounds.norm_ratio * float(np.median(recent)):
+            return f"{part} norm {value:.4g}"
+    return None
+
+
 def screen_round(steps: Mapping[str, int], norms: Mapping[str, Mapping[str, float]], bounds: InfluenceBounds,
                  history: Mapping[str, Sequence[float]]) -> RoundScreen:
     """Decide which of a round's well-formed updates count and with which weight (see the module)."""
     rejected = {site: "no effective content (every part empty or zero)"
-                for site, site_norms in norms.items() if not any(site_norms.values())}
+                for site, site_norms in norms.items() if not has_content(site_norms)}
     candidates = {site: site_norms for site, site_norms in norms.items() if site not in rejected}
     new_history = {part: list(values) for part, values in history.items()}
     for part in sorted({part for site_norms in candidates.values() for part in site_norms}):
@@ -141,8 +168,12 @@ def screen_round(steps: Mapping[str, int], norms: Mapping[str, Mapping[str, floa
             new_history[part] = (new_history.get(part, []) + [lower_median(kept)])[-bounds.history_rounds:]
     claims = {site: steps[site] for site in candidates if site not in rejected}
     weights = bounded_claims(claims, bounds.steps_ratio, bounds.max_steps)
-    capped = {site: f"weight {claims[site]} steps capped to {weight:g}"
+    capped = {site: f"claimed {claims[site]} local steps, weighted as {weight:g} (max_steps_ratio "
+                    f"{bounds.steps_ratio:g} x the round's lower median claim, or the site's max_steps)"
               for site, weight in weights.items() if weight < claims[site]}
+    if claims:
+        new_history[STEPS_HISTORY] = (new_history.get(STEPS_HISTORY, []) + [lower_median(list(claims.values()))]
+                                      )[-bounds.history_rounds:]
     return RoundScreen(weights=weights, rejected=rejected, capped=capped, history=new_history)
 
 

@@ -39,6 +39,10 @@ class FedSMAggregator(FLComponent):
     def contributors(self) -> list[str]:
         return self._round.contributors
 
+    def discard(self) -> None:
+        """Drop the round's sums (the round is discarded)."""
+        self._round = None
+
     def aggregate(self, fl_ctx: FLContext) -> ModelSet:
         models = self._round.result()
         self._round = None

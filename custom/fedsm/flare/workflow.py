@@ -20,8 +20,8 @@ from nvflare.apis.signal import Signal
 from ..core.best_models import BEST_MODEL_RULES, improved_models, mean_metric
 from ..core.label_mapping import check_label_mapping
 from ..core.model_set import ModelSet
-from ..core.robust import (InfluenceBounds, bounded_claims, missing_arrays, nonfinite_arrays, part_norms,
-                           screen_round)
+from ..core.robust import (InfluenceBounds, bounded_claims, exceeds_recent_bounds, has_content, missing_arrays,
+                           nonfinite_arrays, part_norms, screen_round)
 from ..core.update_checks import shapes_of
 from ..job_config import check_packaged_code
 from ..memory import keep_heap_trimmed, memory_use, release_free_heap
@@ -70,8 +70,7 @@ class FedSMController(Controller):
                 round's lower median claim (0: no such bound).
             max_norm_ratio: a site whose update part (global difference, personalized change, selector
                 update, Adam moments) has a norm over this times the part's reference is left out of
-                the round (0: off). See `fedsm.core.robust`; the server holds the round's decoded
-                updates until it closes, since the bounds need every site's claims.
+                the round (0: off). See `fedsm.core.robust`.
             max_steps: site name -> most local steps its update may weigh.
             best_model_rule: `median` (default) or `reference` (as published); see `fedsm.core.best_models`.
             checkpoint_timeout: seconds a checkpoint write may take before the run stops naming it.
@@ -94,7 +93,9 @@ class FedSMController(Controller):
             raise ValueError(f"best_model_rule must be one of {sorted(BEST_MODEL_RULES)}, got {best_model_rule!r}")
         self.best_rule = BEST_MODEL_RULES[best_model_rule]
         self.checkpoint_timeout = checkpoint_timeout
-        self._held: dict[str, tuple[FedSMUpdate, dict[str, float]]] = {}  # decoded updates and their part norms
+        self._held: dict[str, FedSMUpdate] = {}  # updates over the recent bounds, until the round closes
+        self._claims: dict[str, tuple[int, dict[str, float]]] = {}  # per site: its steps and part norms
+        self._streamed: dict[str, float] = {}  # sites aggregated on arrival, and the weight they got
         self._current: ModelSet | None = None
         self._lock = threading.Lock()  # one lock around accepting, tracking the best models and aggregating
         self._round_open = False
@@ -254,7 +255,7 @@ class FedSMController(Controller):
         self.aggregator.start_round(models, {c: self.labels[c] for c in clients}, self.mode,
                                     self.train_config.learning_rate_select)
         self._update_shapes = update_shapes(shapes_of(models.global_model), self.mode.upload_shapes(models.selector))
-        self._current, self._held = models, {}
+        self._current, self._held, self._claims, self._streamed = models, {}, {}, {}
 
     def _open_tasks(self, round_number: int) -> None:
         """Start taking the replies to round `round_number`'s tasks."""
@@ -264,28 +265,56 @@ class FedSMController(Controller):
         self._round_open = True
         self._task_round = round_number
 
+    def _take_update(self, client: str, update: FedSMUpdate, fl_ctx: FLContext) -> None:
+        """An update on arrival: left out without content, held when over the recent rounds' bounds,
+        else aggregated at once with its claimed weight (`core.robust`)."""
+        norms = part_norms(update.global_diff, update.personalized,
+                           self._current.personalized.get(client, self._current.global_model), update.selector)
+        if not has_content(norms):
+            self.log_warning(fl_ctx, f"update of {client} rejected in round {self._task_round}: no effective content "
+                                     "(every part empty or zero)")
+            return
+        self._claims[client] = (update.steps, norms)
+        over = exceeds_recent_bounds(update.steps, norms, self.bounds, self._current.norm_history)
+        if over:
+            self.log_info(fl_ctx, f"update of {client} held until the round closes: {over} is over the bound of "
+                                  "recent rounds")
+            self._held[client] = update
+            return
+        weight = min(update.steps, self.bounds.max_steps.get(client, update.steps))
+        if self.aggregator.accept(client, update, weight, fl_ctx):
+            self._streamed[client] = weight
+        else:
+            del self._claims[client]
+
     def _close_round(self, models: ModelSet, fl_ctx: FLContext) -> tuple[ModelSet | None, list[str]]:
-        """Bound the round's held updates (`core.robust`), aggregate those that count in client order,
-        track the best models on their metrics alone; the next model set and the contributors, or
-        None (after a system panic) when fewer than `min_clients` count."""
+        """Screen every update of the round (`core.robust`), aggregate the held ones that pass, track
+        the best models on the metrics of the sites that count; the next model set and the
+        contributors, or None (after a system panic) when fewer than `min_clients` count."""
         round_number = models.next_round
         held, self._held = self._held, {}
-        screen = screen_round({c: update.steps for c, (update, _) in held.items()},
-                              {c: norms for c, (_, norms) in held.items()}, self.bounds, models.norm_history)
-        for client, reason in sorted(screen.rejected.items()):
-            self.log_warning(fl_ctx, f"update of {client} rejected in round {round_number}: {reason}")
-        for client, reason in sorted(screen.capped.items()):
-            self.log_warning(fl_ctx, f"update of {client} in round {round_number}: {reason}")
-        for client in sorted(screen.weights):
-            self.aggregator.accept(client, held[client][0], screen.weights[client], fl_ctx)
+        screen = screen_round({c: steps for c, (steps, _) in self._claims.items()},
+                              {c: norms for c, (_, norms) in self._claims.items()}, self.bounds, models.norm_history)
+        for client, reason in sorted({**screen.rejected, **screen.capped}.items()):
+            self.log_warning(fl_ctx, f"update of {client} {'rejected ' if client in screen.rejected else ''}"
+                                     f"in round {round_number}: {reason}")
+        for client in sorted(set(held) & set(screen.weights)):
+            self.aggregator.accept(client, held[client], screen.weights[client], fl_ctx)
         del held
-        contributors = self.aggregator.contributors
+        contributors = [c for c in self.aggregator.contributors if c in screen.weights]
         self._metrics = {client: self._metrics[client] for client in contributors}
         self._track_best(models, round_number, {c: screen.weights[c] for c in contributors}, fl_ctx)
         if len(contributors) < self.min_clients:
             self.system_panic(f"round {round_number}: {len(contributors)} valid client updates "
                               f"({contributors}), fewer than min_clients={self.min_clients}", fl_ctx)
             return None, contributors
+        unbounded = sorted(c for c, weight in self._streamed.items() if screen.weights.get(c) != weight)
+        if unbounded:
+            self.aggregator.discard()
+            self.log_error(fl_ctx, f"round {round_number} discarded: the updates of {unbounded} were aggregated on "
+                                   "arrival, before the round's bounds were known, and fail them (above); the "
+                                   "next round starts from the last good models and holds such updates")
+            return self._discarded(models, screen.history), contributors
         return self._next_models(models, screen.history, fl_ctx), contributors
 
     def _next_models(self, current: ModelSet, norm_history: dict[str, list[float]], fl_ctx: FLContext) -> ModelSet:
@@ -298,8 +327,13 @@ class FedSMController(Controller):
             if bad:
                 self.log_error(fl_ctx, f"round {current.next_round} discarded: the aggregated models {problem} "
                                        f"{bad[:5]}; the next round starts from the last good models")
-                return dataclasses.replace(current, next_round=current.next_round + 1)
+                return self._discarded(current, norm_history)
         return models
+
+    @staticmethod
+    def _discarded(current: ModelSet, norm_history: dict[str, list[float]]) -> ModelSet:
+        """The next round's model set when a round is discarded: the same models, its bounds learned."""
+        return dataclasses.replace(current, next_round=current.next_round + 1, norm_history=norm_history)
 
     def _save_state(self, models: ModelSet, fl_ctx: FLContext) -> None:
         """Runs on the checkpoint thread; the log line tells that a restart can resume from this state."""
@@ -412,9 +446,7 @@ class FedSMController(Controller):
             self._client_seconds[client] = update.seconds
             self._client_memory[client] = update.memory
             if training:
-                held = self._current.personalized.get(client, self._current.global_model)
-                self._held[client] = (update, part_norms(update.global_diff, update.personalized, held,
-                                                         update.selector))
+                self._take_update(client, update, fl_ctx)
                 self._accept_seconds += time.monotonic() - started
 
     def _track_best(self, models: ModelSet, round_number: int, weights: dict[str, float], fl_ctx: FLContext,
