@@ -5,8 +5,8 @@
 #
 # torch: the build follows the machine. Where nvidia-smi lists a GPU, PyPI's CUDA build; else the
 # CPU build, taken from pip's find-links when they hold it (as on our CI machines, no download), else
-# from https://download.pytorch.org/whl/cpu. FEDSM_TORCH_INDEX_URL adds another index whose build
-# wins, e.g. https://download.pytorch.org/whl/cu126 for a driver too old for PyPI's CUDA build.
+# from https://download.pytorch.org/whl/cpu. FEDSM_TORCH_INDEX_URL adds another index whose labelled
+# build wins, e.g. https://download.pytorch.org/whl/cu126 for a driver too old for PyPI's CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${FEDSM_VENV:-.venv}"
@@ -22,12 +22,13 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -c constraint
 torch_pin=$(sed -n 's/^torch==//p' constraints.txt)
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null) || gpu=""
 gpu=${gpu%%$'\n'*}
-no_gpu="no NVIDIA GPU (nvidia-smi is missing or lists none)"
+no_gpu="no NVIDIA GPU (nvidia-smi is missing, fails or lists none)"
 
 # Not --quiet: a CUDA build with its libraries is several GB, and pip shows each download's progress.
 if [ -n "${FEDSM_TORCH_INDEX_URL:-}" ]; then
   echo "[setup] torch $torch_pin from $FEDSM_TORCH_INDEX_URL: FEDSM_TORCH_INDEX_URL is set"
-  "${pip[@]}" --extra-index-url "$FEDSM_TORCH_INDEX_URL" torch
+  # --upgrade: replace an installed build of the same version (PyTorch labels builds, 2.13.0+cu126 > 2.13.0+cpu)
+  "${pip[@]}" --upgrade --extra-index-url "$FEDSM_TORCH_INDEX_URL" torch
 elif [ -n "$gpu" ]; then
   echo "[setup] torch $torch_pin, CUDA build from PyPI: nvidia-smi lists $gpu"
   "${pip[@]}" "torch!=$torch_pin+cpu"
