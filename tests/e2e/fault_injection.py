@@ -18,7 +18,8 @@ from fedsm.flare.messages import GLOBAL, LABEL_KEY, PERSONALIZED
 
 class CorruptUpdate(Filter):
     """On `client`, from round `from_round` on, apply `fault` to the train result:
-    `nan` (NaN in the global diff), `shape` (a wrong selector shape), `dtype` (a float16 personalized
+    `nan` (NaN in the global diff), `scale` (every array of the update times 1e6, the size of the
+    update of a site that did not normalize its images), `shape` (a wrong selector shape), `dtype` (a float16 personalized
     array), `label` (claims another client's selector label), `stall` (in round `from_round` only, the
     client stays connected but answers only after `seconds`, or as soon as the file `release_file`
     holds `release_text`: e.g. once the server's log says it has given up on this client, whose answer
@@ -40,7 +41,11 @@ class CorruptUpdate(Filter):
             if collection.meta[AppConstants.CURRENT_ROUND] == self.from_round:
                 self._stall()
             return shareable
-        if self.fault == "nan":
+        if self.fault == "scale":
+            for part in collection.data.values():
+                if isinstance(part.data, dict) and part.data_kind != "METRICS":
+                    part.data = {name: array * 1e6 for name, array in part.data.items()}
+        elif self.fault == "nan":
             arrays = collection.data[GLOBAL].data
             name = next(iter(arrays))
             arrays[name] = torch.full_like(arrays[name], float("nan"))
