@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Run by: users. User commands live in scripts/, maintainer tools in tools/.
 # The generalization-gap study in one command: FedSM next to local, FedAvg and centralized training
 # on the same data, models, preprocessing and budget (rounds x local epochs), plus a held-out unseen
 # site, then the comparison report (tables, CSV, plots).

@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# Run by: users. User commands live in scripts/, maintainer tools in tools/.
 """FedSM in NVFlare POC mode, end to end on one machine: a real server and three client processes.
 
 Steps: a POC workspace for the sites `client_I2CVB`, `client_MSD`, `client_NCI_ISBI_3T` with every

@@ -10,7 +10,7 @@ def test_benchmark_reports_each_round_and_peak_memory(tiny_data, tmp_path):
     overrides = tiny_overrides(tiny_data)
     overrides.pop("server.num_rounds")
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark.py"), "--rounds", "2",
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "benchmark.py"), "--rounds", "2",
                              "--workdir", str(tmp_path), *sets], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report, _, memory = result.stdout.partition("memory per process, GiB at the round's end / peak so far:")

@@ -1,4 +1,4 @@
-"""scripts/profile_client_round.py times every part of one client's round on tiny data, and names an
+"""tools/profile_client_round.py times every part of one client's round on tiny data, and names an
 unknown client."""
 
 import importlib.util
@@ -14,7 +14,7 @@ PARTS = ("load the site's data", "iterate the cached training loader once", "one
 
 
 def profile_main(argv: list[str]) -> int:
-    spec = importlib.util.spec_from_file_location("profile_client_round", REPO / "scripts" / "profile_client_round.py")
+    spec = importlib.util.spec_from_file_location("profile_client_round", REPO / "tools" / "profile_client_round.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main(argv)

@@ -174,7 +174,7 @@ def test_channels_last_batches_and_weights_travel_as_contiguous_arrays():
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", "scripts/benchmark.py")
+    spec = importlib.util.spec_from_file_location("benchmark", "tools/benchmark.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,3 +1,4 @@
+# Run by: maintainers, to measure the job (docs/performance.md). User commands live in scripts/.
 """Benchmark N rounds of a FedSM job config in the NVFlare simulator.
 
 Prints, per round, the wall time split into clients busy (first validation start to last training
@@ -6,8 +7,8 @@ MB per client moved down and up (as they travel, after any filter), and each pro
 round's end and its peak so far (server and every client), on CUDA each client's peak GPU memory
 of the round; then the peak total RSS of the whole simulator process tree, sampled every 0.2 s.
 
-    python scripts/benchmark.py --rounds 3 --set train.image_size=256 --set train.selector=vgg11
-    python scripts/benchmark.py --rounds 3 --quantize float16     # NVFlare's ModelQuantizer both ways
+    python tools/benchmark.py --rounds 3 --set train.image_size=256 --set train.selector=vgg11
+    python tools/benchmark.py --rounds 3 --quantize float16     # NVFlare's ModelQuantizer both ways
 """
 
 import argparse

@@ -1,3 +1,4 @@
+# Run by: maintainers, to measure the job (docs/performance.md). User commands live in scripts/.
 """Time each part of one FedSM client's round, outside NVFlare, on that client's data and models.
 
 Builds the client's loaders, models and optimizers as the client learner does (same config, same
@@ -6,10 +7,10 @@ the cached training loader once, one UNet epoch, the selector's full-batch gradi
 the selector, the selector validation and one UNet validation. Prints a markdown table of seconds per
 part (the median of `--repeats`; the data is loaded once) and the process's peak RSS.
 
-    python scripts/profile_client_round.py --set train.image_size=256 \\
+    python tools/profile_client_round.py --set train.image_size=256 \\
         --set train.dataset_base_dir=/tmp/ref12/dataset_2D --set train.datalist_json_path=/tmp/ref12/datalist_2D
 
-`--set` takes the settings `python -m fedsm.job_config` and scripts/benchmark.py take. `--threads`
+`--set` takes the settings `python -m fedsm.job_config` and tools/benchmark.py take. `--threads`
 defaults to what each of three simulator clients on this host gets (`train.torch_threads`, 0 = the
 cores shared among three).
 """

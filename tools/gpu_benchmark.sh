@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
+# Run by: maintainers, to measure the job (docs/performance.md). User commands live in scripts/.
 # FedSM on one CUDA machine: the faithful config (256x256, VGG11 selector, the job's defaults), 3
 # clients, 3 rounds, once in float32 and once with bfloat16 autocast and channels_last; then each
 # run's pooled test Dice and one summary table (s/round, busy, communicate, outside compute, peak GPU
 # memory per client). Everything goes under $1 (default $OUT, else /tmp/gpu_bench).
 #
-#   bash scripts/gpu_benchmark.sh /tmp/gpu_bench
+#   bash tools/gpu_benchmark.sh /tmp/gpu_bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-${OUT:-/tmp/gpu_bench}}")
@@ -22,7 +23,7 @@ declare -A options=([fp32]="" [bf16_channels_last]="--set train.amp=true --set t
 for run in "${runs[@]}"; do
   echo "[gpu] $run: 3 rounds, 3 clients -> $out/$run"
   # shellcheck disable=SC2086  # the run's options are separate words
-  if "$python" scripts/benchmark.py --rounds 3 --clients client_I2CVB,client_MSD,client_NCI_ISBI_3T \
+  if "$python" tools/benchmark.py --rounds 3 --clients client_I2CVB,client_MSD,client_NCI_ISBI_3T \
       --workdir "$out/$run" --set "train.dataset_base_dir=$data/dataset_2D" \
       --set "train.datalist_json_path=$data/datalist_2D" ${options[$run]} > "$out/$run.benchmark.txt" 2>&1; then
     "$python" -m result_stat.prostate_2d_test_only --workspace "$out/$run/workspace" \
@@ -40,7 +41,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, "scripts")
+sys.path.insert(0, "tools")
 from benchmark import round_costs  # noqa: E402
 
 out = Path(sys.argv[1])
