@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from data_preparation.nifti_pairs import read_pair
+from fedsm.io.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def slice_site(
     site_dir = Path(dataset_dir) / site
     pairs = pair_cases(site_dir / "Image", site_dir / "Mask")
     result = SiteSlices(site)
-    for case, image_path, mask_path in tqdm(pairs, desc=f"slicing {site}", unit="case"):
+    for case, image_path, mask_path in progress(pairs, desc=f"slicing {site}", unit="case"):
         case_out_dir = Path(dataset_2d_dir) / site / case
         if case_out_dir.exists() and not overwrite:
             result.skipped.append(case)

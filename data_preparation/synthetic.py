@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data_preparation.datalist import (
     LARGEST_REMAINDER_RULE,
@@ -43,6 +42,7 @@ from data_preparation.datalist import (
 from data_preparation.nifti_pairs import write_volume
 from data_preparation.slicing import slice_site
 from fedsm.io.atomic import write_text_atomic
+from fedsm.io.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def generate_dataset(root: str | Path, sites: Sequence[str], cases_per_site: int
         raise ValueError(f"unknown sites {unknown}; known: {sorted(SITE_PROFILES)}")
     for site in sites:
         site_dir = Path(root) / "dataset" / site
-        for index in tqdm(range(cases_per_site), desc=f"generating {site}", unit="case"):
+        for index in progress(range(cases_per_site), desc=f"generating {site}", unit="case"):
             image, mask, affine = generate_case(SITE_PROFILES[site], case_rng(seed, site, index))
             case = f"{site}_case{index:02d}"
             write_volume(site_dir / "Image" / f"{case}.nii.gz", image, affine)

@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from fedsm.config import TrainConfig, resolve_path
 from fedsm.core.dice import binarize, dice_per_image, mean_dice
@@ -56,6 +55,7 @@ from fedsm.io.checkpoint import best_checkpoint_name
 from fedsm.core.label_mapping import check_label_mapping
 from fedsm.io.atomic import write_text_atomic
 from fedsm.io.checkpoint import CheckpointError, load_checkpoint
+from fedsm.io.progress import progress
 from fedsm.models.networks import build_selector, build_unet
 from fedsm.models.weights import set_weights
 from fedsm.runtime import choose_device
@@ -391,7 +391,7 @@ def evaluate_site(
     loader = make_loader(items, config.image_size, batch_size, shuffle=False, cache_rate=cache_rate,
                          num_workers=config.num_workers, seed=config.seed)
     parts = []
-    for batch in tqdm(loader, desc=description, unit="batch", leave=False, disable=None):
+    for batch in progress(loader, desc=description, unit="batch", leave=False):
         images, targets = batch["image"].to(device), batch["label"].to(device)
         parts.append(evaluate_batch(images, targets, label, models.selector, models.global_model,
                                     models.personalized, threshold))

@@ -5,11 +5,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from data_preparation.converters.common import CaseError, CaseSource, Converter, Discovery, LayoutError
 from data_preparation.converters.volumes import write_nifti
 from data_preparation.known_defects import dropped_cases
+from fedsm.io.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def convert_source(
         else:
             report.failed[name] = reason
     cases = [case for case in discovery.cases if sites is None or case.site in sites]
-    for case in tqdm(cases, desc=f"converting {converter.source}", unit="case"):
+    for case in progress(cases, desc=f"converting {converter.source}", unit="case"):
         if case.case in dropped:
             report.dropped[case.case] = dropped[case.case]
         elif all(path.exists() for path in output_paths(dataset_dir, case)):

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
+
+from ..io.progress import progress
 
 SPLITS = ("training", "validation", "testing")
 # White of each accepted grey PNG mode: 16-bit images are scaled by 1/65535, the PNG's own full scale
@@ -118,6 +119,6 @@ def check_images_readable(items: list[dict[str, str]], datalist: str | Path | No
     """Decode every image and mask once and check each pair (`check_pair`); returns warnings naming
     `datalist` for the caller to log. Raises `DataError` naming the first file at fault."""
     source = str(datalist) if datalist is not None else "datalist"
-    pairs = tqdm(items, desc=f"checking {Path(source).name}", unit="pair", delay=2)  # shown only if slow
+    pairs = progress(items, desc=f"checking {Path(source).name}", unit="pair", delay=2)  # shown only if slow
     kinds = [check_pair(item["image"], item["label"]) for item in pairs]
     return mask_warnings(items, kinds, source)
