@@ -23,7 +23,7 @@ echo "[demo] 2/4 FedSM in the NVFlare simulator (CPU config: 96x96 images, light
   --set server.num_rounds=40 --set train.image_size=96 --set train.selector=light \
   --set train.cache_dataset=1.0 >/dev/null
 rm -rf "$demo/workspace"
-GLIBC_TUNABLES="$("$python" -m fedsm.memory)" "$nvflare" simulator "$demo/job" -w "$demo/workspace" -c "$clients" -t 3 > "$demo/simulator.log" 2>&1 &
+GLIBC_TUNABLES="$("$python" -m fedsm.ops.heap)" "$nvflare" simulator "$demo/job" -w "$demo/workspace" -c "$clients" -t 3 > "$demo/simulator.log" 2>&1 &
 sim=$!
 trap 'kill $sim 2>/dev/null || true' EXIT
 shown=0

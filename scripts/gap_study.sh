@@ -73,7 +73,7 @@ fi
 common=(--set "train.dataset_base_dir=$data/dataset_2D" --set "train.datalist_json_path=$data/datalist_2D"
         --set "server.num_rounds=$rounds" "${train[@]}")
 
-glibc_tunables=$("$python" -m fedsm.memory)  # the huge-page heap for every simulator run
+glibc_tunables=$("$python" -m fedsm.ops.heap)  # the huge-page heap for every simulator run
 simulate() {  # simulate JOB WORKSPACE LOG
   rm -rf "$2"
   GLIBC_TUNABLES="$glibc_tunables" "$nvflare" simulator "$1" -w "$2" -c "$clients" -t 3 > "$3" 2>&1 \

@@ -117,7 +117,7 @@ class PocFederation:
         self.log = log
         self.workspace = self.root / "workspace"
         self.token = secrets.token_hex(8)
-        from fedsm.memory import huge_page_heap_env
+        from fedsm.ops.heap import huge_page_heap_env
 
         # the start scripts run `python3`: this interpreter's, with NVFlare and fedsm installed
         bin_dir = str(Path(sys.executable).parent)

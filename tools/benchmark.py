@@ -12,7 +12,7 @@ of the round; then the peak total RSS of the whole simulator process tree, sampl
 """
 
 import argparse
-import re
+import json
 import shutil
 import subprocess
 import sys
@@ -22,33 +22,28 @@ from pathlib import Path
 
 import psutil
 
+from fedsm.flare.round_costs import RECORD_FILE
 from fedsm.job_config import add_quantization, derive_job, parse_override
-from fedsm.memory import huge_page_heap_env
+from fedsm.ops.heap import huge_page_heap_env
 
 REPO = Path(__file__).resolve().parents[1]
-COST_LINE = re.compile(
-    r"Round (?P<round>\d+) cost: wall (?P<wall>[\d.]+) s, clients busy (?P<busy>[\d.]+) s \(slowest client validate "
-    r"(?P<validate>[\d.]+) s train (?P<train>[\d.]+) s\), aggregate\+persist (?P<aggregate>[\d.]+) s, "
-    r"communicate (?P<communicate>[\d.]+) s; "
-    r"per client down (?P<down>[\d.]+) MB up (?P<up>[\d.]+) MB; memory GiB now/peak: (?P<memory>[^;\n]*)"
-    r"(?:; GPU peak GiB: (?P<gpu>.*))?$", re.MULTILINE
-)
-MEMORY_ITEM = re.compile(r"(?P<name>[\w.-]+) (?P<rss>[\d.]+)/(?P<peak>[\d.]+)")
-GPU_ITEM = re.compile(r"(?P<name>[\w.-]+) (?P<peak>[\d.]+)")
 
 
-
-def round_costs(log: str) -> list[dict]:
-    """The `Round N cost:` lines of a server log, as dicts of numbers; `memory` maps each process
-    (server, clients) to its (RSS now, peak) in GiB, `gpu` each client to its round's peak GPU memory
-    in GiB (empty off CUDA)."""
-    costs = []
-    for match in COST_LINE.finditer(log):
-        cost = {k: float(v) for k, v in match.groupdict().items() if k not in ("memory", "gpu")}
-        cost["memory"] = {m["name"]: (float(m["rss"]), float(m["peak"])) for m in MEMORY_ITEM.finditer(match["memory"])}
-        cost["gpu"] = {m["name"]: float(m["peak"]) for m in GPU_ITEM.finditer(match["gpu"] or "")}
-        costs.append(cost)
+def round_costs(records_file: Path) -> list[dict]:
+    """The server's round records (`fedsm.flare.round_costs`, one JSON object a line); `memory` maps
+    each process (server, clients) to its (RSS now, peak) in GiB, `gpu` each client to its round's
+    peak GPU memory in GiB (empty off CUDA). Empty when the run wrote no records."""
+    if not records_file.is_file():
+        return []
+    costs = [json.loads(line) for line in records_file.read_text().splitlines() if line.strip()]
+    for cost in costs:
+        cost["memory"] = {name: tuple(pair) for name, pair in cost["memory"].items()}
     return costs
+
+
+def records_file(workspace: Path) -> Path:
+    """Where the simulator's server app folder keeps the round records."""
+    return workspace / "server" / "simulate_job" / "app_server" / RECORD_FILE
 
 
 def tree_rss(process: psutil.Process) -> dict[int, int]:
@@ -124,7 +119,7 @@ def main(argv=None) -> int:
                "-t", str(len(clients))]
     print(f"running {args.rounds} rounds: {' '.join(command)}", flush=True)
     code, peak, peak_single = run_and_sample(command, workdir / "simulator.log")
-    costs = round_costs((workdir / "simulator.log").read_text())
+    costs = round_costs(records_file(workdir / "workspace"))
     print(format_report(costs, peak, peak_single))
     print(f"log: {workdir / 'simulator.log'}")
     if code != 0 or len(costs) != args.rounds:

@@ -42,14 +42,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, "tools")
-from benchmark import round_costs  # noqa: E402
+from benchmark import records_file, round_costs  # noqa: E402
 
 out = Path(sys.argv[1])
 print(f"{'run':<20} {'s/round':>8} {'round 0':>8} {'busy s':>7} {'comm. s':>7} {'outside':>8} {'test Dice':>9}  "
       "peak GPU GiB per client")
 for run in sys.argv[2:]:
-    log, results = out / run / "simulator.log", out / run / "test_results.json"
-    costs = round_costs(log.read_text()) if log.is_file() else []
+    results = out / run / "test_results.json"
+    costs = round_costs(records_file(out / run / "workspace"))
     later = costs[1:] or costs
     if not later:
         print(f"{run:<20} no rounds reported")

@@ -31,7 +31,7 @@ from fedsm.config import TrainConfig, read_job_configs
 from fedsm.core.label_mapping import label_of
 from fedsm.data.site_data import SiteData, load_site_data
 from fedsm.job_config import derive_job, parse_override
-from fedsm.memory import memory_use
+from fedsm.ops.telemetry import memory_use
 from fedsm.runtime import Compute, compute_for, cpu_threads
 from fedsm.training import (build_local_models, selector_adam_step, selector_full_batch_gradient, train_segmentation,
                             validate_segmentation, validate_selector)

@@ -7,7 +7,6 @@ import json
 import logging
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from monai.networks.nets import UNet
 
 from fedsm.config import TrainConfig
 from fedsm.flare.messages import split_into_pieces
-from fedsm.flare.workflow import FedSMController
+from fedsm.flare.round_costs import describe, round_record
 from fedsm.job_config import derive_job, parse_override
 from fedsm.models.networks import build_selector, build_unet
 from fedsm.models.weights import get_weights, set_weights
@@ -180,27 +179,26 @@ def _benchmark():
     return module
 
 
-def _cost_line(client_memory: dict) -> str:
-    """The server's `Round 2 cost` line for these clients' memory reports."""
-    lines = []
-    controller = SimpleNamespace(
-        _client_seconds={name: {"validate": 1.0, "train": 13.0, "busy_from": 100.0, "busy_until": 115.0}
-                         for name in client_memory},
-        _bytes_down={name: 2**20 for name in client_memory}, _bytes_up={name: 2**20 for name in client_memory},
-        _client_memory=client_memory, log_info=lambda fl_ctx, text: lines.append(text))
-    FedSMController._log_round_cost(controller, 2, 20.0, 2.0, None)
-    return lines[0]
+def _record(client_memory: dict, tmp_path) -> tuple:
+    """The server's round-2 record and log line for these clients' memory reports, as `RoundCosts`
+    writes them, and the benchmark's reading of the record file."""
+    clients = {name: {"seconds": {"validate": 1.0, "train": 13.0, "busy_from": 100.0, "busy_until": 115.0},
+                      "down": 2**20, "up": 2**20} for name in client_memory}
+    record = round_record(2, 20.0, 2.0, clients, {"server": {"rss": 2**30, "peak": 2**30}, **client_memory})
+    records = tmp_path / f"{len(list(tmp_path.iterdir()))}.jsonl"
+    records.write_text(json.dumps(record) + "\n")
+    return describe(record), _benchmark().round_costs(records)
 
 
-def test_the_gpu_peak_reaches_the_cost_line_and_the_benchmark_report():
+def test_the_gpu_peak_reaches_the_cost_line_and_the_benchmark_report(tmp_path):
     benchmark, gib = _benchmark(), 2**30
     cpu = {"client_a": {"rss": 3 * gib, "peak": 4 * gib}, "client_b": {"rss": 2 * gib, "peak": 5 * gib}}
     gpu = {"client_a": {**cpu["client_a"], "gpu_peak": 49 * gib // 4}, "client_b": {**cpu["client_b"], "gpu_peak": 0}}
-    cpu_line, gpu_line = _cost_line(cpu), _cost_line(gpu)
+    (cpu_line, (from_cpu,)), (gpu_line, (from_gpu,)) = _record(cpu, tmp_path), _record(gpu, tmp_path)
     assert "GPU" not in cpu_line and gpu_line.startswith(cpu_line)
     assert gpu_line.endswith("; GPU peak GiB: client_a 12.25, client_b 0.00")
-    (from_cpu,), (from_gpu,) = benchmark.round_costs(cpu_line), benchmark.round_costs(gpu_line)
     assert from_cpu["gpu"] == {} and from_cpu["memory"]["client_b"] == (2.0, 5.0)
+    assert from_cpu["busy"] == 15.0 and from_cpu["communicate"] == 3.0 and from_cpu["down"] == 1.0
     assert from_gpu["memory"] == from_cpu["memory"] and from_gpu["gpu"] == {"client_a": 12.25, "client_b": 0.0}
     assert "GPU" not in benchmark.format_report([from_cpu], gib, gib)
     assert ("peak GPU memory per client in the round, GiB:\n    2 client_a 12.25, client_b 0.00"

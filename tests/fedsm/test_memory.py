@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-from fedsm.memory import huge_page_heap_env, keep_heap_trimmed, release_free_heap
+from fedsm.ops.heap import huge_page_heap_env, keep_heap_trimmed, release_free_heap
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")

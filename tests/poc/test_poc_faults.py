@@ -11,7 +11,7 @@ import torch
 
 from fedsm.config import TrainConfig
 from fedsm.flare.persistor import initial_model_set
-from fedsm.memory import huge_page_heap_env
+from fedsm.ops.heap import huge_page_heap_env
 from poc_helpers import (CLIENTS, PocError, PocFederation, kill, listening_addresses, scalars, site_processes, tiny_job,
                          wait_for_job, wait_for_line)
 from result_stat import plot_tensorboard_events as plot

@@ -21,7 +21,8 @@ from ..data.site_data import load_site_data
 from ..io.checkpoint import save_checkpoint
 from ..io.client_state import (apply_client_state, client_state_dir, copy_missing, restorable_state,
                                save_client_state)
-from ..memory import keep_heap_trimmed, memory_use, release_free_heap, reset_gpu_peak
+from ..ops.heap import release_free_heap
+from ..ops.telemetry import memory_use, reset_gpu_peak
 from ..models.weights import get_weights, set_weights, weight_difference
 from ..runtime import SIMULATOR_JOB_ID, compute_for, cpu_threads
 from ..selector_training import selector_training
@@ -104,7 +105,6 @@ class FedSMLearner(Executor):
             self.curves.close()
 
     def _initialize(self, fl_ctx: FLContext) -> None:
-        keep_heap_trimmed()
         self.app_root = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT))
         self.client_name = fl_ctx.get_identity_name()
         self.in_simulator = fl_ctx.get_job_id() == SIMULATOR_JOB_ID

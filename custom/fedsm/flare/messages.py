@@ -225,6 +225,16 @@ def public_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {_LOCAL_PATH.sub('.../', str(error))}"
 
 
+def reply_costs(shareable: Shareable) -> tuple[dict[str, float], dict[str, int]]:
+    """The timings and memory a client reported with a reply (both empty for a reply that does not
+    carry them well-formed): what `round_costs` records, read without decoding the arrays."""
+    try:
+        meta = _open_collection(shareable).meta
+        return _seconds(meta.get(SECONDS_KEY, {})), _memory(meta.get(MEMORY_KEY, {}))
+    except MessageError:
+        return {}, {}
+
+
 def update_shapes(model: Mapping[str, tuple], selector_upload: Mapping[str, Mapping[str, tuple]]
                   ) -> dict[str, Mapping[str, tuple]]:
     """The parts of a training reply and their arrays' shapes: `model` (the UNet's) for the global

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from nvflare.apis.client import Client
 from nvflare.apis.controller_spec import ClientTask, SendOrder, Task
-from nvflare.apis.event_type import EventType
 from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.impl.controller import Controller
@@ -24,12 +23,13 @@ from ..core.robust import (InfluenceBounds, bounded_claims, exceeds_recent_bound
                            nonfinite_arrays, part_norms, screen_round)
 from ..core.update_checks import shapes_of
 from ..job_config import check_packaged_code
-from ..memory import keep_heap_trimmed, memory_use, release_free_heap
+from ..ops.heap import release_free_heap
 from ..selector_training import selector_training
 from ..tags import GLOBAL_METRIC, SELECTOR_METRIC
 from .aggregator import FedSMAggregator
-from .messages import START_ERROR_HEADER, FedSMTask, FedSMUpdate, MessageError, update_shapes, wire_bytes
+from .messages import START_ERROR_HEADER, FedSMTask, FedSMUpdate, MessageError, update_shapes
 from .persistor import FedSMModelPersistor
+from .round_costs import AGGREGATE_KEY, ROUND_FINISHED, ROUND_KEY, ROUND_STARTED, WALL_KEY
 from .update_spool import receiving_cells, spool_updates_to_disk
 
 
@@ -104,18 +104,13 @@ class FedSMController(Controller):
         self._update_shapes: dict = {}
         self._metrics: dict[str, dict[str, float]] = {}
         self._sizes: dict[str, int] = {}
-        self._client_seconds: dict[str, dict[str, float]] = {}
-        self._client_memory: dict[str, dict[str, int]] = {}
-        self._bytes_up: dict[str, int] = {}
-        self._bytes_down: dict[str, int] = {}
-        self._accept_seconds = 0.0
+        self._accept_seconds = 0.0  # the round's time spent on results as they arrived
         self._start_errors: dict[str, str] = {}  # client -> why it could not start (its data, its config)
         # checkpoints are written by one background thread, in order, while the next round runs
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsm_checkpoints")
         self._writes: list[Future] = []
 
     def start_controller(self, fl_ctx: FLContext):
-        keep_heap_trimmed()
         self._started = self._start(fl_ctx)
 
     def _start(self, fl_ctx: FLContext) -> bool:
@@ -166,18 +161,6 @@ class FedSMController(Controller):
         return sorted({f.get("path", "?") for chain in config.get("task_result_filters", [])
                        for f in chain.get("filters", [])})
 
-    def handle_event(self, event_type: str, fl_ctx: FLContext):
-        """Measure each message as it travels: task data after the server's filters, results before them."""
-        super().handle_event(event_type, fl_ctx)
-        if event_type not in (EventType.AFTER_TASK_DATA_FILTER, EventType.BEFORE_TASK_RESULT_FILTER):
-            return
-        peer = fl_ctx.get_peer_context()
-        client = peer.get_identity_name() if peer else None
-        if event_type == EventType.AFTER_TASK_DATA_FILTER:
-            self._bytes_down[client] = wire_bytes(fl_ctx.get_prop(FLContextKey.TASK_DATA))
-        else:
-            self._bytes_up[client] = wire_bytes(fl_ctx.get_prop(FLContextKey.TASK_RESULT))
-
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext):
         if not self._started:
             return
@@ -223,6 +206,7 @@ class FedSMController(Controller):
         while models.next_round < self.num_rounds:
             round_number = models.next_round
             self.log_info(fl_ctx, f"Round {round_number} of {self.num_rounds} started ({len(clients)} clients).")
+            self.fire_event(ROUND_STARTED, fl_ctx)
             started = time.monotonic()
             self._start_round(models, clients)
             self._run_tasks(self.train_task_name, models, clients, abort_signal, fl_ctx)
@@ -241,7 +225,10 @@ class FedSMController(Controller):
             finished = time.monotonic()
             self.log_info(fl_ctx, f"Round {round_number} finished in {finished - started:.1f} s; "
                                   f"aggregated {sorted(contributors)}.")
-            self._log_round_cost(round_number, finished - started, finished - results_in + self._accept_seconds, fl_ctx)
+            fl_ctx.set_prop(ROUND_KEY, round_number, private=True, sticky=False)
+            fl_ctx.set_prop(WALL_KEY, finished - started, private=True, sticky=False)
+            fl_ctx.set_prop(AGGREGATE_KEY, finished - results_in + self._accept_seconds, private=True, sticky=False)
+            self.fire_event(ROUND_FINISHED, fl_ctx)
         if self.validate_final_models:
             self._run_tasks(self.validate_task_name, models, clients, abort_signal, fl_ctx)
             if not abort_signal.triggered:
@@ -259,8 +246,7 @@ class FedSMController(Controller):
 
     def _open_tasks(self, round_number: int) -> None:
         """Start taking the replies to round `round_number`'s tasks."""
-        self._metrics, self._sizes, self._client_seconds, self._bytes_up = {}, {}, {}, {}
-        self._client_memory = {}
+        self._metrics, self._sizes = {}, {}
         self._accept_seconds = 0.0
         self._round_open = True
         self._task_round = round_number
@@ -340,36 +326,6 @@ class FedSMController(Controller):
         path = self.persistor.save(models, fl_ctx)
         self.log_info(fl_ctx, f"saved {path.name} (next round {models.next_round})")
 
-    def _log_round_cost(self, round_number: int, wall: float, aggregate_persist: float, fl_ctx: FLContext) -> None:
-        """One parsable line: where the round's time went and the bytes moved per client (benchmarks read it).
-
-        `clients busy` spans from the first client starting validation to the last one finishing
-        training, on the clients' clocks (exact where they share the server's, as in the simulator and
-        POC); `communicate` is the rest of the round outside aggregation and persistence.
-        """
-        times = list(self._client_seconds.values())
-        slowest = max(times, key=lambda s: s.get("validate", 0) + s.get("train", 0), default={})
-        validate, train = slowest.get("validate", 0.0), slowest.get("train", 0.0)
-        try:
-            busy = max(t["busy_until"] for t in times) - min(t["busy_from"] for t in times)
-        except (KeyError, ValueError):
-            busy = validate + train
-        mb = 1024 * 1024
-        down = max(self._bytes_down.values(), default=0) / mb
-        up = max(self._bytes_up.values(), default=0) / mb
-        gib = 1024**3
-        memory = {"server": memory_use(), **self._client_memory}
-        memory_text = ", ".join(f"{name} {m.get('rss', 0) / gib:.2f}/{m.get('peak', 0) / gib:.2f}"
-                                for name, m in memory.items())
-        gpu = {name: m["gpu_peak"] / gib for name, m in self._client_memory.items() if "gpu_peak" in m}
-        if gpu:
-            memory_text += "; GPU peak GiB: " + ", ".join(f"{name} {peak:.2f}" for name, peak in gpu.items())
-        self.log_info(fl_ctx, f"Round {round_number} cost: wall {wall:.2f} s, clients busy {busy:.2f} s (slowest "
-                              f"client validate {validate:.2f} s train {train:.2f} s), aggregate+persist "
-                              f"{aggregate_persist:.2f} s, communicate {max(wall - busy - aggregate_persist, 0.0):.2f} s; "
-                              f"per client down {down:.1f} MB up {up:.1f} MB; "
-                              f"memory GiB now/peak: {memory_text}")
-
     def _participants(self, fl_ctx: FLContext) -> list[str] | None:
         connected = sorted(client.name for client in self._engine.get_clients())
         unknown = [name for name in connected if name not in self.labels]
@@ -399,13 +355,12 @@ class FedSMController(Controller):
                 tasks.append(task)
             else:
                 self.send_and_wait(task, fl_ctx, targets=[client], send_order=SendOrder.ANY, abort_signal=abort_signal)
-        while any(task.completion_status is None for task in tasks) and not self._start_errors:
-            if abort_signal.triggered:
-                self.cancel_all_tasks(fl_ctx=fl_ctx)
-                return
-            time.sleep(0.1)
-        if self._start_errors:
+        for task in tasks:  # a client's start error cancels every task (`_on_result`), which ends the waits
+            self.communicator.wait_for_task(task, abort_signal)
+        if abort_signal.triggered:
             self.cancel_all_tasks(fl_ctx=fl_ctx)
+            return
+        if self._start_errors:
             self.system_panic(f"stopping the run: {'; '.join(self._start_errors.values())}", fl_ctx)
             return
         for client in sorted(set(clients) - set(self._metrics)):
@@ -422,6 +377,7 @@ class FedSMController(Controller):
             start_error = result.get_header(START_ERROR_HEADER)
             if start_error:
                 self._start_errors[client] = str(start_error)
+                self.cancel_all_tasks(fl_ctx=fl_ctx)
             self.log_warning(fl_ctx, f"{client} returned '{rc}' for task '{task_name}'"
                                      f"{': ' + str(start_error) if start_error else ''}")
             return
@@ -443,8 +399,6 @@ class FedSMController(Controller):
                 self.log_info(fl_ctx, f"reply of {client} to '{task_name}': filters applied {applied}")
             self._metrics[client] = update.metrics
             self._sizes[client] = update.num_validation
-            self._client_seconds[client] = update.seconds
-            self._client_memory[client] = update.memory
             if training:
                 self._take_update(client, update, fl_ctx)
                 self._accept_seconds += time.monotonic() - started

@@ -1,32 +1,13 @@
-"""This process's memory: what it holds now and at its peak, and handing freed heap back to the system."""
+"""Handing this process's freed heap back to the system, and the huge-page heap for a federation's processes."""
 
 import gc
 import os
-import resource
-import sys
 import threading
 import time
 from collections.abc import Mapping
 
 import psutil
-import torch
 from nvflare.fuel.utils.memory_utils import cleanup_memory, get_allocator_type, try_malloc_trim
-
-
-def memory_use(device: torch.device | None = None) -> dict[str, int]:
-    """Resident set size now and the process's peak so far, in bytes; with a CUDA `device` also
-    `gpu_peak`, the most torch allocated on it since `reset_gpu_peak`."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    use = {"rss": psutil.Process().memory_info().rss, "peak": peak if sys.platform == "darwin" else peak * 1024}
-    if device is not None and device.type == "cuda":
-        use["gpu_peak"] = torch.cuda.max_memory_allocated(device)
-    return use
-
-
-def reset_gpu_peak(device: torch.device) -> None:
-    """Start a new peak of torch's allocations on a CUDA `device` (no-op elsewhere)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 def release_free_heap() -> None:
@@ -99,4 +80,4 @@ def _trim_every(interval_s: float, cycle_growth_bytes: int) -> None:
 
 
 if __name__ == "__main__":
-    print(huge_page_heap_env()["GLIBC_TUNABLES"])  # for shell scripts: export GLIBC_TUNABLES=$(python -m fedsm.memory)
+    print(huge_page_heap_env()["GLIBC_TUNABLES"])  # for shell scripts: export GLIBC_TUNABLES=$(python -m fedsm.ops.heap)
