@@ -1,5 +1,13 @@
 """The FedSM server workflow: per round, send each client its own models, stream the results into the
-aggregator, track the best models, persist the next model set; validate the final models at the end."""
+aggregator, track the best models, persist the next model set; validate the final models at the end.
+
+It is a plain `Controller`, not NVFlare 2.9's `ModelController`: `send_model` could address each site
+with its own model, but an `FLModel` is converted to one DXO of one `params_type`, while a FedSM
+message is a collection of parts of different kinds (weights, a weight difference, Adam moments,
+metrics) so that stock filters act on each part as on a model of that kind (`messages`).
+`ModelController` would also decode every result into an `FLModel` before our checks, where this
+workflow decodes each reply once, checks it, and streams it into the round's sums.
+"""
 
 import dataclasses
 import json
