@@ -18,27 +18,38 @@ mkdir -p "$demo"
 echo "[demo] 1/4 synthetic data for I2CVB, MSD, NCI_ISBI_3T (+ an unseen site) -> $data"
 "$python" -m data_preparation.synthetic --output "$data" --cases-per-site 8 --seed 0 --with-unseen
 
-echo "[demo] 2/4 FedSM in the NVFlare simulator (CPU config: 96x96 images, light selector, 40 rounds)"
+rounds=40
+echo "[demo] 2/4 FedSM in the NVFlare simulator (CPU config: 96x96 images, light selector, $rounds rounds)"
 "$python" -m fedsm.job_config jobs/fedsm_prostate "$demo/job" \
-  --set server.num_rounds=40 --set train.image_size=96 --set train.selector=light \
+  --set server.num_rounds=$rounds --set train.image_size=96 --set train.selector=light \
   --set train.cache_dataset=1.0 >/dev/null
 rm -rf "$demo/workspace"
+started=$SECONDS
 GLIBC_TUNABLES="$("$python" -m fedsm.ops.heap)" "$nvflare" simulator "$demo/job" -w "$demo/workspace" -c "$clients" -t 3 > "$demo/simulator.log" 2>&1 &
 sim=$!
 trap 'kill $sim 2>/dev/null || true' EXIT
+minutes() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
 shown=0
-show_new_validation_lines() {
-  local lines
-  lines=$(grep -E "validation \(mean over clients\)" "$demo/simulator.log" | sed 's/^.* - INFO - /[demo]   /' || true)
-  [ -n "$lines" ] || return 0
-  printf '%s\n' "$lines" | tail -n +$((shown + 1))
-  shown=$(printf '%s\n' "$lines" | wc -l)
+done_rounds=0
+show_progress() {  # the server's new validation lines, then "round N/M" once a round more has finished
+  local lines finished elapsed
+  lines=$(grep -E "validation \(mean over [0-9]+ clients\)" "$demo/simulator.log" | sed 's/^.* - INFO - /[demo]   /' || true)
+  if [ -n "$lines" ]; then
+    printf '%s\n' "$lines" | tail -n +$((shown + 1))
+    shown=$(printf '%s\n' "$lines" | wc -l)
+  fi
+  finished=$(grep -cE "Round [0-9]+ finished in" "$demo/simulator.log" || true)
+  [ "$finished" -gt "$done_rounds" ] || return 0
+  done_rounds=$finished
+  elapsed=$((SECONDS - started))
+  echo "[demo] round $finished/$rounds done, $(minutes $elapsed) elapsed, about" \
+    "$(minutes $((elapsed * (rounds - finished) / finished))) left"
 }
 while kill -0 $sim 2>/dev/null; do
-  sleep 10
-  show_new_validation_lines
+  sleep 5
+  show_progress
 done
-show_new_validation_lines
+show_progress
 wait $sim || { echo "[demo] the simulator failed; see $demo/simulator.log" >&2; exit 1; }
 trap - EXIT
 

@@ -61,7 +61,28 @@ esac
 [ -x "$python" ] || bash scripts/setup.sh
 mkdir -p "$out"
 start=$SECONDS
-step() { echo "[gap_study $(( (SECONDS - start) / 60 ))m$(( (SECONDS - start) % 60 ))s] $*"; }
+duration() {  # seconds as 12m05s, or 1h05m from an hour on
+  if [ "$1" -ge 3600 ]; then printf '%dh%02dm' $(($1 / 3600)) $(($1 % 3600 / 60)); else printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); fi
+}
+step() { echo "[gap_study $(duration $((SECONDS - start)))] $*"; }
+
+# Progress: which run of how many, and the time left. A FedSM run weighs 2 and a FedAvg, centralized
+# or local run 1, the ratio of their times on the CPU preset (about 11 and 5 minutes on 2 cores);
+# the time left is the time per weight so far times the weight still to run.
+read -ra extra_fedsm <<< "$variants $quantize"
+fedsm_runs=$((1 + ${#extra_fedsm[@]}))
+total_runs=$((seeds * (fedsm_runs + 3)))
+total_weight=$((seeds * (2 * fedsm_runs + 3)))
+run=0; weight_done=0; weight_now=0; runs_started=0
+begin_run() {  # begin_run WEIGHT TEXT
+  local left=""
+  [ "$run" -gt 0 ] || runs_started=$SECONDS
+  weight_done=$((weight_done + weight_now)); weight_now=$1; run=$((run + 1))
+  if [ "$weight_done" -gt 0 ]; then
+    left=", about $(duration $(( (SECONDS - runs_started) * (total_weight - weight_done) / weight_done ))) left"
+  fi
+  step "run $run/$total_runs$left: $2"
+}
 
 if [ ! -d "$data/datalist_2D" ]; then
   step "synthetic data: I2CVB, MSD, NCI_ISBI_3T + unseen site UNSEEN, $cases cases per site -> $data"
@@ -83,7 +104,7 @@ simulate() {  # simulate JOB WORKSPACE LOG
 fedsm_run() {  # fedsm_run SEED FOLDER NAME TITLE [job_config options]: one FedSM run, as $FOLDER/ws/NAME
   local seed=$1 dir=$2 name=$3 title=$4
   shift 4
-  step "seed $seed: FedSM ($title)"
+  begin_run 2 "seed $seed: FedSM ($title)"
   "$python" -m fedsm.job_config jobs/fedsm_prostate "$dir/jobs/$name" "${common[@]}" --set "train.seed=$seed" "$@" \
     >/dev/null
   simulate "$dir/jobs/$name" "$dir/ws/$name" "$dir/$name.log"
@@ -99,14 +120,14 @@ run_seed() {  # run_seed SEED FOLDER: every method with train.seed SEED, into FO
   for kind in $quantize; do
     fedsm_run "$seed" "$dir" "fedsm_$kind" "$kind quantization both ways" --quantize "$kind"
   done
-  step "seed $seed: FedAvg (jobs/fedavg_prostate, the FedSM job's config_train.json)"
+  begin_run 1 "seed $seed: FedAvg (jobs/fedavg_prostate, the FedSM job's config_train.json)"
   "$python" -m result_stat.fedavg_job jobs/fedavg_prostate "$dir/jobs/fedavg" \
     --train-config-from "$dir/jobs/fedsm/app/config/config_train.json" --set "server.num_rounds=$rounds" >/dev/null
   simulate "$dir/jobs/fedavg" "$dir/ws/fedavg" "$dir/fedavg.log"
-  step "seed $seed: centralized (pooled data of all sites)"
+  begin_run 1 "seed $seed: centralized (pooled data of all sites)"
   "$python" -m result_stat.baselines centralized --job "$dir/jobs/fedsm" --output "$dir/centralized" \
     > "$dir/centralized.log" 2>&1
-  step "seed $seed: local only (one model per site)"
+  begin_run 1 "seed $seed: local only (one model per site)"
   "$python" -m result_stat.baselines local --job "$dir/jobs/fedsm" --output "$dir/local" > "$dir/local.log" 2>&1
 }
 
@@ -118,7 +139,7 @@ for seed in $(seq 0 $((seeds - 1))); do
   for variant in $variants $quantize; do variant_args+=(--fedsm-variant "$variant=$dir/ws/fedsm_$variant"); done
 done
 
-step "report ($seeds seed(s))"
+step "all $total_runs runs done; report ($seeds seed(s))"
 "$python" -m result_stat.gap_report --fedsm "${fedsm[@]}" "${variant_args[@]}" --fedavg "${fedavg[@]}" \
   --centralized "${centralized[@]}" --local "${local_runs[@]}" --route_by_validation "$margin" \
   --output "$out/report" 2> "$out/report.log"
