@@ -1,4 +1,5 @@
-"""The guard against NVFlare 2.9's simulator start-up race (two client workers getting one name)."""
+"""The guard against NVFlare 2.9.0's simulator start-up race (two client workers getting one name), applied
+only where the simulator builds the job."""
 
 import argparse
 import importlib
@@ -9,6 +10,7 @@ from multiprocessing.reduction import ForkingPickler
 from fedsm.flare.simulator_guard import (
     SIMULATOR_RUNNER_MODULE,
     PerThreadBuildContext,
+    built_by_simulator,
     make_simulator_client_start_thread_safe,
 )
 
@@ -67,3 +69,14 @@ def test_patch_gives_the_real_simulator_client_runner_a_per_thread_context(tmp_p
     runner.run(gpu=None)
     assert isinstance(runner.build_ctx, PerThreadBuildContext)
     assert runner.build_ctx["client_name"] is None
+
+
+def test_only_a_call_from_the_simulator_runner_counts_as_built_by_the_simulator():
+    runner_class = importlib.import_module(SIMULATOR_RUNNER_MODULE).SimulatorRunner
+
+    def start_server_app(self):  # what the simulator's server thread runs, here on a bare runner
+        return built_by_simulator()
+
+    assert not built_by_simulator()
+    assert start_server_app(runner_class.__new__(runner_class))
+    assert not start_server_app(object())
