@@ -9,9 +9,14 @@ Derive a job (CPU demo, tests, benchmarks):
     python -m fedsm.job_config jobs/fedsm_prostate /tmp/fedsm_cpu --set train.image_size=64 \
         --set server.num_rounds=5 --set train.selector='"light"'
 
-`--quantize float16` adds NVFlare's quantization filters both ways. `train.KEY` sets a key of config_train.json, `server.KEY` a top-level variable of config_fed_server.json
-(e.g. `num_rounds`, `soft_pull_lambda`), `workflow.KEY` an argument of the FedSM workflow, `meta.KEY`
-a key of meta.json. Values are JSON; a bare word is taken as a string.
+A FedSM job is built by `fedsm.recipe.FedSMRecipe`: the source folder's settings, then the `--set`
+settings, are its typed arguments, checked before anything is written (`FedSMRecipe.from_settings`):
+`train.KEY` a key of config_train.json, `workflow.KEY` an argument of the FedSM workflow,
+`server.num_rounds`, `server.soft_pull_lambda`, `server.resume_from`, `server.keep_states`,
+`meta.name` and `meta.min_clients`. Values are JSON; a bare word is taken as a string. The FedAvg
+baseline job, which has no recipe, is copied with the settings written into its files (`train.KEY`,
+`server.KEY` a top-level variable of its server config, `meta.KEY`).
+`--quantize float16` adds NVFlare's quantization filters both ways.
 """
 
 import argparse
@@ -29,6 +34,7 @@ CONFIG_FILES = {
     "workflow": "app/config/config_fed_server.json",
     "meta": "meta.json",
 }
+BASELINE_CONFIG_FILES = {section: CONFIG_FILES[section] for section in ("train", "server", "meta")}
 
 
 SOURCE_RECORD = "PACKAGED_FROM.json"  # in a packaged copy: the source folder and the digest of its code
@@ -71,38 +77,60 @@ def check_packaged_code(package: Path) -> None:
                            "re-run scripts/setup.sh (or `python -m fedsm.job_config <job>`) to package it again")
 
 
-def _set(config: dict, section: str, key: str, value: Any, file: Path) -> None:
-    if section == "workflow":
-        workflows = config.get("workflows", [])
-        if len(workflows) != 1:
-            raise ValueError(f"{file}: expected exactly one workflow to set '{key}'")
-        workflows[0]["args"][key] = value
-    else:
-        if key not in config:
-            raise KeyError(f"{file}: has no key '{key}'")
-        config[key] = value
+FEDSM_WORKFLOW = "fedsm.flare.workflow.FedSMController"
+
+
+def is_fedsm_job(job_dir: Path) -> bool:
+    """Whether the server config of the job folder `job_dir` runs the FedSM workflow."""
+    try:
+        server = json.loads((job_dir / CONFIG_FILES["server"]).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return any(workflow.get("path") == FEDSM_WORKFLOW for workflow in server.get("workflows", []))
 
 
 def derive_job(source: str | Path, destination: str | Path, overrides: dict[str, Any]) -> Path:
-    """Copy the job folder `source` to `destination` and apply `{"section.key": value}` overrides."""
+    """Write into `destination` (replaced if it exists) the job folder `source` with `{"section.key": value}`
+    overrides: a FedSM job through `FedSMRecipe`, the FedAvg baseline job as a patched copy."""
     source, destination = Path(source), Path(destination)
     if not (source / "meta.json").is_file():
         raise FileNotFoundError(f"{source} is not an NVFlare job folder (no meta.json)")
+    if is_fedsm_job(source):
+        from .recipe import FedSMRecipe  # the recipe builds the workflow, which imports this module
+
+        differing = FedSMRecipe.from_settings({}, job_dir=source).files_differing_from(source)
+        if differing:
+            raise ValueError(f"{source}: {differing} hold what FedSMRecipe's arguments do not make; derive from a job "
+                             "folder the recipe wrote, and add components or filters through the recipe")
+        return FedSMRecipe.from_settings(overrides, job_dir=source).write_job(destination)
+    return _derive_baseline_job(source, destination, overrides)
+
+
+def _set(config: dict, key: str, value: Any, file: Path) -> None:
+    if key not in config:
+        raise KeyError(f"{file}: has no key '{key}'")
+    config[key] = value
+
+
+def _derive_baseline_job(source: Path, destination: Path, overrides: dict[str, Any]) -> Path:
+    """Copy the FedAvg baseline job `source` to `destination`, write the overrides into its files and
+    package the code."""
     if destination.exists():
         shutil.rmtree(destination)
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"))
     package_code(destination)
-    by_file: dict[str, list[tuple[str, str, Any]]] = {}
+    by_file: dict[str, list[tuple[str, Any]]] = {}
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
-        if section not in CONFIG_FILES or not key:
-            raise ValueError(f"override '{dotted}' must be <section>.<key> with section in {sorted(CONFIG_FILES)}")
-        by_file.setdefault(CONFIG_FILES[section], []).append((section, key, value))
+        if section not in BASELINE_CONFIG_FILES or not key:
+            raise ValueError(f"override '{dotted}' must be <section>.<key> with section in "
+                             f"{sorted(BASELINE_CONFIG_FILES)}")
+        by_file.setdefault(BASELINE_CONFIG_FILES[section], []).append((key, value))
     for relative, changes in by_file.items():
         file = destination / relative
         config = json.loads(file.read_text())
-        for section, key, value in changes:
-            _set(config, section, key, value, file)
+        for key, value in changes:
+            _set(config, key, value, file)
         write_text_atomic(file, json.dumps(config, indent=2) + "\n")
     return destination
 

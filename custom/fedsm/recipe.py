@@ -1,189 +1,196 @@
-"""`FedSMRecipe`: the FedSM job as an NVFlare 2.9 recipe, built from the job folder's own configs.
+"""`FedSMRecipe`: the FedSM job as an NVFlare 2.9 recipe, and the one source of `jobs/fedsm_prostate`.
 
-The job folder (`jobs/fedsm_prostate`) stays the one source of truth. The recipe derives a copy of it
-with the recipe's arguments applied (the same overrides `python -m fedsm.job_config --set` applies,
-code packaged in `app/custom`), reads that copy's `meta.json` and `app/config` files, and writes every
-component, workflow, executor and filter into an NVFlare `FedJob` by the class path and args found
-there. Nothing about a component is written down here, so the folder and the recipe cannot drift apart.
+Typed, validated arguments build the real components (workflow, aggregator, persistor, learner,
+experiment tracking), NVFlare's `FedJob` writes their configs, and the job folder is exported from it:
 
-    recipe = FedSMRecipe(num_rounds=20, selector="light", overrides={"train.image_size": 64})
-    recipe.export("/tmp/fedsm_jobs")              # -> /tmp/fedsm_jobs/fedsm_prostate
-    recipe.run(SimEnv(clients=recipe.clients))    # or PocEnv(clients=recipe.clients)
+    recipe = FedSMRecipe(num_rounds=20, train=dataclasses.replace(DEFAULT_TRAIN, image_size=64, selector="light"))
+    recipe.add_client_output_filter(ModelQuantizer(quantization_type="float16"), tasks=["train"])
+    recipe.run(SimEnv(clients=recipe.clients))   # or PocEnv(clients=recipe.clients), ProdEnv(startup_kit_location=...)
+
+    python -m fedsm.recipe --write-job jobs/fedsm_prostate   # regenerate the checked-in job folder
+
+The job brings its own code (BYOC): the `fedsm` package is packaged into `app/custom` with the record
+`check_packaged_code` reads (see `fedsm.job_config`).
 """
 
-import importlib
+import argparse
+import dataclasses
 import inspect
 import json
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from nvflare.apis.executor import Executor
-from nvflare.apis.filter import Filter
-from nvflare.apis.impl.controller import Controller
-from nvflare.apis.job_def import ALL_SITES, SERVER_SITE_NAME
+from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
+from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
+from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
+from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
 from nvflare.job_config.api import FedJob
-from nvflare.job_config.defs import FilterType
 from nvflare.recipe.spec import ExecEnv, Recipe
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from .config import read_job_configs
-from .core.label_mapping import LABEL_MAPPING
-from .job_config import derive_job
+from .config import TrainConfig
+from .core.label_mapping import LABEL_MAPPING, check_label_mapping
+from .flare.aggregator import FedSMAggregator
+from .flare.learner import ANALYTICS_WRITER, FedSMLearner
+from .flare.persistor import FedSMModelPersistor
+from .flare.simulator_guard import SimulatorClientStartGuard
+from .flare.workflow import FedSMController
+from .job_config import CONFIG_FILES, package_code
 
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "fedsm_prostate"
-SERVER_CONFIG = "config_fed_server.json"
-CLIENT_CONFIG = "config_fed_client.json"
-FILTER_KEYS = {"task_data_filters": FilterType.TASK_DATA, "task_result_filters": FilterType.TASK_RESULT}
-# keys FedJob writes itself; every other top-level key of an app config is carried over as a parameter
-APP_STRUCTURE = {"format_version", "components", "workflows", "executors", *FILTER_KEYS}
-META_BY_FEDJOB = {"name", "min_clients", "mandatory_clients", "deploy_map"}
+DEFAULT_LABEL_MAPPING = {"client_I2CVB": 0, "client_MSD": 1, "client_NCI_ISBI_3T": 2}
+DEFAULT_DATA = "/tmp/nvflare/fedsm_data"
+DEFAULT_TRAIN = TrainConfig(dataset_base_dir=f"{DEFAULT_DATA}/dataset_2D", datalist_json_path=f"{DEFAULT_DATA}/datalist_2D")
+TRAIN_CONFIG = "config_train.json"
+TASKS = {"train_task_name": "train", "validate_task_name": "validate"}
+IDS = {"aggregator_id": "aggregator", "persistor_id": "persistor"}
+# NVFlare server settings of the job: FedSM rounds are long, so a client may stay silent for minutes
+SERVER_SETTINGS = {"server": {"heart_beat_timeout": 600, "task_request_interval": 0.5}}
+# The run length is also written at the top of the server config: tools that read a job folder
+# (result_stat) find it there even where FedJob leaves the workflow's argument out (at its default).
+RUN_LENGTH = "num_rounds"
+# FedSMController arguments the recipe sets itself; every other one is a `workflow` setting
+RECIPE_OWNED = {"num_rounds", LABEL_MAPPING, *IDS, *TASKS}
+# `section.key` settings (python -m fedsm.job_config --set) that are recipe arguments, not train or workflow keys
+NAMED_SETTINGS = {"server.num_rounds": "num_rounds", "workflow.num_rounds": "num_rounds",
+                  "server.soft_pull_lambda": "soft_pull_lambda", "server.resume_from": "resume_from",
+                  "server.keep_states": "keep_states", f"workflow.{LABEL_MAPPING}": LABEL_MAPPING,
+                  "meta.name": "name", "meta.min_clients": "min_clients"}
 
-# a filter alone applies to every task; a (filter, tasks) pair to those tasks
-FilterSpec = Filter | tuple[Filter, Sequence[str]]
+
+def _workflow_settings_model() -> type[BaseModel]:
+    """A strict pydantic model of `FedSMController.__init__`'s arguments (less those the recipe sets), so a
+    new argument of the workflow is a recipe setting, checked against its annotation, with no edit here."""
+    fields = {name: (parameter.annotation, parameter.default)
+              for name, parameter in inspect.signature(FedSMController.__init__).parameters.items()
+              if name != "self" and name not in RECIPE_OWNED}
+    return create_model("workflow", __config__=ConfigDict(strict=True, extra="forbid"), **fields)
 
 
-def configured(path: str, args: dict, base: type = object) -> object:
-    """A stand-in that FedJob writes into a config as `{"path": path, "args": args}`.
+WorkflowSettings = _workflow_settings_model()
 
-    FedJob serializes an object from its class (module and name) and the constructor arguments it finds
-    among the object's attributes. Building the real class would run it here and drop every argument
-    it stores under another name; this stand-in carries the configured args as they are. `base`
-    (Controller, Executor, Filter) is the type FedJob expects in that place.
-    """
-    module_name, _, class_name = path.rpartition(".")
+
+class _Arguments(BaseModel):
+    model_config = ConfigDict(strict=True, arbitrary_types_allowed=True)
+
+    name: str = Field(min_length=1)
+    client_id_label_mapping: dict[str, int] = Field(min_length=1)
+    min_clients: int = Field(ge=1)
+    num_rounds: int = Field(ge=1)
+    soft_pull_lambda: float = Field(ge=0.0, le=1.0)
+    train: TrainConfig
+    workflow: dict[str, Any]
+    resume_from: str
+    keep_states: int = Field(ge=1)
+    local_tensorboard: bool
+
+
+def _validated(model: type[BaseModel], values: dict, prefix: str = "") -> BaseModel:
+    """`model(**values)`; a ValueError naming each argument at fault and the value given."""
     try:
-        module = importlib.import_module(module_name)  # FedJob finds the class's source through its module
-    except (ImportError, ValueError) as error:
-        raise ValueError(f"component class '{path}': cannot import its module: {error}") from error
-    if not isinstance(getattr(module, class_name, None), type):
-        raise ValueError(f"component class '{path}': module {module_name} has no class {class_name}")
-
-    def __init__(self):
-        base.__init__(self)  # FedJob calls into the base's own state (e.g. a Controller's communicator)
-        self.__dict__.update(args)
-
-    __init__.__signature__ = inspect.Signature(
-        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)]
-        + [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY) for key in args])
-    stand_in = type(class_name, (base,), {"__module__": module_name, "__init__": __init__,
-                                          "_always_serialize_args": tuple(args)})
-    stand_in.__abstractmethods__ = frozenset()  # never run, so the base's abstract methods need no body
-    return stand_in()
-
-
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text())
+        return model(**values)
+    except ValidationError as error:
+        problems = [f"'{prefix}{'.'.join(str(part) for part in item['loc'])}': {item['msg']} (got {item['input']!r})"
+                    for item in error.errors()]
+        raise ValueError(f"FedSMRecipe argument {'; '.join(problems)}") from None
 
 
 class FedSMRecipe(Recipe):
     def __init__(
         self,
         *,
-        job_folder: str | Path = DEFAULT_JOB,
-        num_rounds: int | None = None,
-        soft_pull_lambda: float | None = None,
-        selector: str | None = None,
-        selector_training: str | None = None,
+        name: str = "fedsm_prostate",
         client_id_label_mapping: dict[str, int] | None = None,
-        overrides: dict[str, Any] | None = None,
-        client_input_filters: Sequence[FilterSpec] = (),
-        client_output_filters: Sequence[FilterSpec] = (),
-        server_input_filters: Sequence[FilterSpec] = (),
-        server_output_filters: Sequence[FilterSpec] = (),
+        min_clients: int = 2,
+        num_rounds: int = 100,
+        soft_pull_lambda: float = 0.7,
+        train: TrainConfig | None = None,
+        workflow: dict[str, Any] | None = None,
+        resume_from: str = "",
+        keep_states: int = 3,
+        local_tensorboard: bool = False,
     ):
-        """FedSM from `job_folder`'s configs; an argument left at None keeps the folder's value.
+        """FedSM across the clients of `client_id_label_mapping`.
 
         Args:
-            num_rounds, soft_pull_lambda: the server config's variables of those names.
-            selector: `vgg11` or `light`; selector_training: `client_adam`, `client_adam_on_server` or
-                `server_adam` (keys of config_train.json).
-            client_id_label_mapping: client name -> selector label 0..K-1; also sets `select_num_classes` to K.
-            overrides: any other `{"section.key": value}` as in `python -m fedsm.job_config --set`
-                (`train.image_size`, `workflow.train_timeout`, `meta.min_clients`, ...).
-            client_input_filters, client_output_filters: task data / task result filters of the clients;
-                server_input_filters, server_output_filters: task result / task data filters of the server.
-                Each item is a Filter (all tasks) or a (Filter, tasks) pair. Filters must keep FedSM's
-                arrays torch tensors (docs/deployment.md).
+            name: the job's name (and its folder's, when exported).
+            client_id_label_mapping: client name -> selector label 0..K-1 (default: the three prostate sites).
+            min_clients: clients NVFlare needs to start the job (meta.json); at most the mapping's clients.
+            num_rounds: rounds of the run (a resumed run continues up to this number).
+            soft_pull_lambda: SoftPull's weight of a client's own personalized model, in [0, 1].
+            train: every key of config_train.json (default: `DEFAULT_TRAIN`, with `select_num_classes` the
+                number of clients of the mapping).
+            workflow: any other argument of `FedSMController` by name (`train_timeout`, `parallel_tasks`,
+                `max_steps_ratio`, ...), checked against the type in its signature.
+            resume_from: a FedSM state file to start from (the persistor's `resume_from`; README, Resuming).
+            keep_states: FedSM state files the server keeps.
+            local_tensorboard: clients also write their curves into their own app folders.
+
+        A value of the wrong type or out of range raises a ValueError naming its argument. Filters are added
+        with the Recipe's own methods (`add_client_output_filter`, `add_server_input_filter`, ...); they must
+        keep FedSM's arrays torch tensors (docs/deployment.md).
         """
-        self.settings = self._settings(num_rounds, soft_pull_lambda, selector, selector_training,
-                                       client_id_label_mapping, dict(overrides or {}))
-        # the derived copy holds the code and config files the FedJob copies at export or run time
-        self._staging = tempfile.TemporaryDirectory(prefix="fedsm_recipe_")
-        derived = derive_job(job_folder, Path(self._staging.name) / "job", self.settings)
-        config_dir = derived / "app" / "config"
-        configs = read_job_configs(derived, described_as=f"{job_folder} with {self.settings}")
-        server = configs.server
-        self.client_id_label_mapping = configs.label_mapping
+        mapping = dict(DEFAULT_LABEL_MAPPING if client_id_label_mapping is None else client_id_label_mapping)
+        if train is None:
+            train = dataclasses.replace(DEFAULT_TRAIN, select_num_classes=max(len(mapping), 1))
+        arguments = _validated(_Arguments, dict(
+            name=name, client_id_label_mapping=mapping, min_clients=min_clients, num_rounds=num_rounds,
+            soft_pull_lambda=soft_pull_lambda, train=train, workflow=dict(workflow or {}), resume_from=resume_from,
+            keep_states=keep_states, local_tensorboard=local_tensorboard))
+        self.train = TrainConfig.from_dict(arguments.train.as_dict(), source="FedSMRecipe argument 'train'")
+        try:
+            self.client_id_label_mapping = check_label_mapping(mapping, self.train.select_num_classes)
+        except ValueError as error:
+            raise ValueError(f"FedSMRecipe argument '{LABEL_MAPPING}' with train.select_num_classes="
+                             f"{self.train.select_num_classes}: {error}") from None
+        if min_clients > len(mapping):
+            raise ValueError(f"FedSMRecipe argument 'min_clients' = {min_clients} is more than the "
+                             f"{len(mapping)} clients of {LABEL_MAPPING}")
+        owned = sorted(RECIPE_OWNED & set(arguments.workflow))
+        if owned:
+            raise ValueError(f"FedSMRecipe argument 'workflow' sets {owned}, which the recipe sets itself; "
+                             "give num_rounds and client_id_label_mapping as recipe arguments")
+        self.workflow = _validated(WorkflowSettings, arguments.workflow, prefix="workflow.").model_dump(
+            exclude_unset=True)
         self.clients = list(self.client_id_label_mapping)
+        self.num_rounds = num_rounds
+        self.soft_pull_lambda = soft_pull_lambda
+        self.min_clients = min_clients
 
-        job = self._new_job(_read(derived / "meta.json"))
-        self._add_app(job, SERVER_SITE_NAME, server)
-        self._add_app(job, ALL_SITES, _read(config_dir / CLIENT_CONFIG))
-        self._add_files(job, derived / "app")
+        job = FedJob(name=name, min_clients=min_clients)
+        job.to_server(SimulatorClientStartGuard(), id="simulator_client_start_guard")
+        job.to_server(TBAnalyticsReceiver(tb_folder="tb_events"), id="tb_receiver")
+        job.to_server(FedSMModelPersistor(train_config_filename=TRAIN_CONFIG, resume_from=resume_from,
+                                          keep_states=keep_states), id=IDS["persistor_id"])
+        job.to_server(FedSMAggregator(soft_pull_lambda=soft_pull_lambda), id=IDS["aggregator_id"])
+        job.to_server(FedSMController(num_rounds=num_rounds, client_id_label_mapping=self.client_id_label_mapping,
+                                      **IDS, **TASKS, **self.workflow), id="fedsm")
+        job.to_clients(FedSMLearner(train_config_filename=TRAIN_CONFIG, local_tensorboard=local_tensorboard, **TASKS),
+                       tasks=list(TASKS.values()))
+        job.to_clients(TBWriter(), id=ANALYTICS_WRITER)
+        job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
+        self._add_files(job)
         super().__init__(job)
-        for add, filters in ((self.add_client_input_filter, client_input_filters),
-                             (self.add_client_output_filter, client_output_filters),
-                             (self.add_server_input_filter, server_input_filters),
-                             (self.add_server_output_filter, server_output_filters)):
-            for spec in filters:
-                task_filter, tasks = spec if isinstance(spec, tuple) else (spec, ["*"])
-                add(task_filter, tasks=list(tasks))
+        self.add_server_config({**SERVER_SETTINGS, RUN_LENGTH: num_rounds})
 
-    @staticmethod
-    def _settings(num_rounds, soft_pull_lambda, selector, selector_training, mapping, overrides) -> dict:
-        named = {"server.num_rounds": num_rounds, "server.soft_pull_lambda": soft_pull_lambda,
-                 "train.selector": selector, "train.selector_training": selector_training,
-                 f"workflow.{LABEL_MAPPING}": mapping,
-                 "train.select_num_classes": len(mapping) if mapping is not None else None}
-        named = {key: value for key, value in named.items() if value is not None}
-        both = sorted(set(named) & set(overrides))
-        if both:
-            raise ValueError(f"{both} given both as a FedSMRecipe argument and in overrides; give each once")
-        return {**overrides, **named}
-
-    @staticmethod
-    def _new_job(meta: dict) -> FedJob:
-        if meta.get("deploy_map") != {"app": [ALL_SITES]}:
-            raise ValueError(f"meta.json: 'deploy_map' must deploy the one app 'app' to '{ALL_SITES}', "
-                             f"got {meta.get('deploy_map')}")
-        return FedJob(name=meta["name"], min_clients=meta["min_clients"],
-                      mandatory_clients=meta.get("mandatory_clients"),
-                      meta_props={key: value for key, value in meta.items() if key not in META_BY_FEDJOB})
-
-    @staticmethod
-    def _add_app(job: FedJob, target: str, config: dict) -> None:
-        """Carry one app config (server or clients) into `job`: parameters, components, workflows,
-        executors and filters, each by its class path and args."""
-        parameters = {key: value for key, value in config.items() if key not in APP_STRUCTURE}
-        if parameters:
-            job.to(parameters, target)
-        for component in config.get("components", []):
-            job.to(configured(component["path"], component.get("args", {})), target, id=component["id"])
-        for workflow in config.get("workflows", []):
-            job.to(configured(workflow["path"], workflow.get("args", {}), Controller), target, id=workflow["id"])
-        for entry in config.get("executors", []):
-            executor = entry["executor"]
-            job.to(configured(executor["path"], executor.get("args", {}), Executor), target, tasks=entry["tasks"])
-        for key, filter_type in FILTER_KEYS.items():
-            for entry in config.get(key, []):
-                for task_filter in entry["filters"]:
-                    job.to(configured(task_filter["path"], task_filter.get("args", {}), Filter), target,
-                           filter_type=filter_type, tasks=entry["tasks"])
-
-    @staticmethod
-    def _add_files(job: FedJob, app: Path) -> None:
-        """Ship the app's other config files (config_train.json) and its custom code as they are."""
-        custom = app / "custom"
-        # the code travels as whole packages; FedJob must not also copy the components' modules one by one
+    def _add_files(self, job: FedJob) -> None:
+        """Ship config_train.json and the packaged `fedsm` code (as whole packages: FedJob must not also
+        copy the components' modules one by one) to the server and the clients."""
+        self._staging = tempfile.TemporaryDirectory(prefix="fedsm_recipe_")
+        staging = Path(self._staging.name)
+        train_file = staging / TRAIN_CONFIG
+        train_file.write_text(json.dumps(self.train.as_dict(), indent=2) + "\n")
+        custom = package_code(staging).parent
         job.set_app_packages(sorted(p.name for p in custom.iterdir() if (p / "__init__.py").is_file()))
-        for target in (SERVER_SITE_NAME, ALL_SITES):
-            job.add_file_to(str(custom), target)
-            for file in sorted((app / "config").iterdir()):
-                if file.name not in (SERVER_CONFIG, CLIENT_CONFIG):
-                    job.add_file_to(str(file), target, app_folder_type="config")
+        for add in (job.add_file_to_server, job.add_file_to_clients):
+            add(str(custom))
+            add(str(train_file), app_folder_type="config")
 
     def process_env(self, env: ExecEnv) -> None:
-        """Stop before deploying when the environment's clients are not all in the label mapping."""
+        """Stop before deploying when the environment's clients are not all in the label mapping (a
+        ProdEnv names none: its clients are the provisioned project's)."""
         clients = getattr(env, "clients", None)
         if clients is None and getattr(env, "num_clients", 0):
             clients = [f"site-{i}" for i in range(1, env.num_clients + 1)]  # the names SimEnv and PocEnv give
@@ -192,3 +199,98 @@ class FedSMRecipe(Recipe):
             raise ValueError(f"clients {unknown} of the {type(env).__name__} are not in {LABEL_MAPPING} "
                              f"{self.client_id_label_mapping}; run with clients={self.clients} or pass a mapping "
                              "that names them")
+
+    def write_job(self, destination: str | Path) -> Path:
+        """Export the job into the folder `destination` (replaced if it exists), whatever its name."""
+        destination = Path(destination).resolve()
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".fedsm_export_", dir=destination.parent) as root:
+            self.export(root)
+            if destination.exists():
+                shutil.rmtree(destination)
+            (Path(root) / self.name).rename(destination)
+        return destination
+
+    def files_differing_from(self, job_dir: str | Path) -> list[str]:
+        """The config files (meta.json, app/config/*.json) of the job folder `job_dir` whose JSON differs from
+        this recipe's export, or that only one of the two has."""
+        job_dir = Path(job_dir)
+        with tempfile.TemporaryDirectory(prefix="fedsm_export_") as root:
+            exported = self.write_job(Path(root) / "job")
+            names = {str(path.relative_to(folder)) for folder in (exported, job_dir)
+                     for path in [folder / "meta.json", *(folder / "app" / "config").glob("*.json")] if path.is_file()}
+            return sorted(name for name in names if not (exported / name).is_file() or not (job_dir / name).is_file()
+                          or _read(exported / name) != _read(job_dir / name))
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], job_dir: str | Path | None = None) -> "FedSMRecipe":
+        """The recipe of the job folder `job_dir` (default: the recipe's defaults) with `{"section.key": value}`
+        settings as `python -m fedsm.job_config --set` takes them: `train.KEY` a key of config_train.json,
+        `workflow.KEY` an argument of FedSMController, and the recipe arguments `server.num_rounds`,
+        `server.soft_pull_lambda`, `server.resume_from`, `server.keep_states`, `meta.name`, `meta.min_clients`."""
+        arguments = job_arguments(job_dir) if job_dir is not None else {}
+        train = arguments.pop("train", None) or DEFAULT_TRAIN.as_dict()
+        workflow = arguments.pop("workflow", {})
+        for dotted, value in settings.items():
+            section, _, key = dotted.partition(".")
+            if dotted in NAMED_SETTINGS:
+                arguments[NAMED_SETTINGS[dotted]] = value
+            elif section == "train" and key:
+                train[key] = value
+            elif section == "workflow" and key:
+                workflow[key] = value
+            else:
+                raise ValueError(f"setting '{dotted}': expected train.KEY, workflow.KEY or one of "
+                                 f"{sorted(NAMED_SETTINGS)}")
+        if LABEL_MAPPING in arguments and "train.select_num_classes" not in settings:
+            train["select_num_classes"] = len(arguments[LABEL_MAPPING])
+        source = f"train settings of {job_dir or 'the recipe'}"
+        return cls(train=TrainConfig.from_dict(train, source=source), workflow=workflow, **arguments)
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: cannot read it: {error}") from error
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def job_arguments(job_dir: str | Path) -> dict[str, Any]:
+    """The FedSMRecipe arguments of a FedSM job folder the recipe exported: its name, clients, rounds,
+    training config (as a dict), workflow settings. An argument the folder leaves at its default is absent."""
+    job_dir = Path(job_dir)
+    if not (job_dir / "meta.json").is_file():
+        raise FileNotFoundError(f"{job_dir} is not an NVFlare job folder (no meta.json)")
+    meta, server = _read(job_dir / CONFIG_FILES["meta"]), _read(job_dir / CONFIG_FILES["server"])
+    components = {item.get("path"): item.get("args", {}) for item in server.get("components", [])}
+    workflows = [item.get("args", {}) for item in server.get("workflows", [])
+                 if item.get("path") == _class_path(FedSMController)]
+    if len(workflows) != 1:
+        raise ValueError(f"{job_dir / CONFIG_FILES['server']}: expected one {_class_path(FedSMController)} workflow")
+    workflow = {key: value for key, value in workflows[0].items() if key not in (*IDS, *TASKS)}
+    arguments = {"name": meta.get("name"), "min_clients": meta.get("min_clients"),
+                 "train": _read(job_dir / CONFIG_FILES["train"])}
+    if RUN_LENGTH in server:
+        arguments["num_rounds"] = server[RUN_LENGTH]
+    for key in ("num_rounds", LABEL_MAPPING):
+        if key in workflow:
+            arguments[key] = workflow.pop(key)
+    arguments["workflow"] = workflow
+    for cls, keys in ((FedSMAggregator, ("soft_pull_lambda",)), (FedSMModelPersistor, ("resume_from", "keep_states"))):
+        arguments.update({key: value for key, value in components.get(_class_path(cls), {}).items() if key in keys})
+    return {key: value for key, value in arguments.items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write the FedSM job folder from FedSMRecipe's defaults.")
+    parser.add_argument("--write-job", required=True, metavar="FOLDER",
+                        help="job folder to (re)write, e.g. jobs/fedsm_prostate")
+    print(FedSMRecipe().write_job(parser.parse_args(argv).write_job))
+
+
+if __name__ == "__main__":
+    main()

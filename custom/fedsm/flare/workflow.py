@@ -85,6 +85,7 @@ class FedSMController(Controller):
         """
         super().__init__()
         self.num_rounds = num_rounds
+        self.client_id_label_mapping = client_id_label_mapping  # as given, for FedJob to write the job's config
         self.labels = dict(client_id_label_mapping or {})
         self.aggregator_id = aggregator_id
         self.persistor_id = persistor_id
@@ -95,6 +96,9 @@ class FedSMController(Controller):
         self.min_clients = min_clients
         self.validate_final_models = validate_final_models
         self.tensor_disk_offload = tensor_disk_offload
+        # the arguments as given too, for FedJob to write the job's config
+        self.max_steps_ratio, self.max_norm_ratio, self.max_steps = max_steps_ratio, max_norm_ratio, max_steps
+        self.best_model_rule = best_model_rule
         self.bounds = InfluenceBounds(steps_ratio=max_steps_ratio, norm_ratio=max_norm_ratio,
                                       max_steps=dict(max_steps or {}))
         if best_model_rule not in BEST_MODEL_RULES:
