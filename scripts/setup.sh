@@ -40,7 +40,7 @@ else
 fi
 echo "[setup] installing this package with its extras (nvflare, monai, data preparation, tests, ...)"
 "${pip[@]}" --quiet --no-build-isolation -e ".[test]"
-"$venv/bin/python" -m fedsm.job_config jobs/fedsm_prostate >/dev/null
+"$venv/bin/python" -m fedsm.recipe --write-job jobs/fedsm_prostate >/dev/null
 "$venv/bin/python" -m result_stat.fedavg_job jobs/fedavg_prostate >/dev/null
 "$venv/bin/python" - <<'PY'
 import torch, nvflare, monai
