@@ -58,6 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--startup-kit", help="--env prod: the admin's startup kit folder of the provisioned project")
     parser.add_argument("--username", default=DEFAULT_ADMIN_USER,
                         help=f"--env prod: the admin of that startup kit (default {DEFAULT_ADMIN_USER})")
+    parser.add_argument("--code", choices=("job", "installed"), default="job",
+                        help="job: the job carries the fedsm code (BYOC, default); installed: the sites have it "
+                             "installed (docs/deployment.md, production)")
     parser.add_argument("--write-job", metavar="FOLDER", help="write the job folder FOLDER (replaced) and exit")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        recipe = FedSMRecipe.from_settings(settings_of(args))
+        recipe = FedSMRecipe.from_settings(settings_of(args), bring_code=args.code == "job")
         if args.write_job:
             logger.info("job written to %s", recipe.write_job(args.write_job))
             return 0

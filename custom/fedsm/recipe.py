@@ -85,6 +85,7 @@ class _Arguments(BaseModel):
     resume_from: str
     keep_states: int = Field(ge=1)
     local_tensorboard: bool
+    bring_code: bool
 
 
 def _validated(model: type[BaseModel], values: dict, prefix: str = "") -> BaseModel:
@@ -111,6 +112,7 @@ class FedSMRecipe(Recipe):
         resume_from: str = "",
         keep_states: int = 3,
         local_tensorboard: bool = False,
+        bring_code: bool = True,
     ):
         """FedSM across the clients of `client_id_label_mapping`.
 
@@ -127,6 +129,8 @@ class FedSMRecipe(Recipe):
             resume_from: a FedSM state file to start from (the persistor's `resume_from`; README, Resuming).
             keep_states: FedSM state files the server keeps.
             local_tensorboard: clients also write their curves into their own app folders.
+            bring_code: the job carries the `fedsm` code in `app/custom` (BYOC); False for sites that have the
+                package installed and `fedsm.flare.` in their class allow list (docs/deployment.md).
 
         A value of the wrong type or out of range raises a ValueError naming its argument. Filters are added
         with the Recipe's own methods (`add_client_output_filter`, `add_server_input_filter`, ...); they must
@@ -138,7 +142,7 @@ class FedSMRecipe(Recipe):
         arguments = _validated(_Arguments, dict(
             name=name, client_id_label_mapping=mapping, min_clients=min_clients, num_rounds=num_rounds,
             soft_pull_lambda=soft_pull_lambda, train=train, workflow=dict(workflow or {}), resume_from=resume_from,
-            keep_states=keep_states, local_tensorboard=local_tensorboard))
+            keep_states=keep_states, local_tensorboard=local_tensorboard, bring_code=bring_code))
         self.train = TrainConfig.from_dict(arguments.train.as_dict(), source="FedSMRecipe argument 'train'")
         try:
             self.client_id_label_mapping = check_label_mapping(mapping, self.train.select_num_classes)
@@ -171,13 +175,13 @@ class FedSMRecipe(Recipe):
                        tasks=list(TASKS.values()))
         job.to_clients(TBWriter(), id=ANALYTICS_WRITER)
         job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
-        self._add_files(job)
+        self._add_files(job, bring_code)
         super().__init__(job)
         self.add_server_config({**SERVER_SETTINGS, RUN_LENGTH: num_rounds})
 
-    def _add_files(self, job: FedJob) -> None:
-        """Ship config_train.json and the packaged `fedsm` code (as whole packages: FedJob must not also
-        copy the components' modules one by one) to the server and the clients."""
+    def _add_files(self, job: FedJob, bring_code: bool) -> None:
+        """Ship config_train.json, and with `bring_code` the packaged `fedsm` code, to the server and the
+        clients; FedJob never copies the components' modules one by one."""
         self._staging = tempfile.TemporaryDirectory(prefix="fedsm_recipe_")
         staging = Path(self._staging.name)
         train_file = staging / TRAIN_CONFIG
@@ -185,7 +189,8 @@ class FedSMRecipe(Recipe):
         custom = package_code(staging).parent
         job.set_app_packages(sorted(p.name for p in custom.iterdir() if (p / "__init__.py").is_file()))
         for add in (job.add_file_to_server, job.add_file_to_clients):
-            add(str(custom))
+            if bring_code:
+                add(str(custom))
             add(str(train_file), app_folder_type="config")
 
     def process_env(self, env: ExecEnv) -> None:
@@ -223,12 +228,14 @@ class FedSMRecipe(Recipe):
                           or _read(exported / name) != _read(job_dir / name))
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any], job_dir: str | Path | None = None) -> "FedSMRecipe":
+    def from_settings(cls, settings: dict[str, Any], job_dir: str | Path | None = None,
+                      **arguments: Any) -> "FedSMRecipe":
         """The recipe of the job folder `job_dir` (default: the recipe's defaults) with `{"section.key": value}`
         settings as `python -m fedsm.job_config --set` takes them: `train.KEY` a key of config_train.json,
         `workflow.KEY` an argument of FedSMController, and the recipe arguments `server.num_rounds`,
-        `server.soft_pull_lambda`, `server.resume_from`, `server.keep_states`, `meta.name`, `meta.min_clients`."""
-        arguments = job_arguments(job_dir) if job_dir is not None else {}
+        `server.soft_pull_lambda`, `server.resume_from`, `server.keep_states`, `meta.name`, `meta.min_clients`.
+        `arguments` are other FedSMRecipe arguments (`bring_code`)."""
+        arguments = {**(job_arguments(job_dir) if job_dir is not None else {}), **arguments}
         train = arguments.pop("train", None) or DEFAULT_TRAIN.as_dict()
         workflow = arguments.pop("workflow", {})
         for dotted, value in settings.items():
@@ -242,7 +249,8 @@ class FedSMRecipe(Recipe):
             else:
                 raise ValueError(f"setting '{dotted}': expected train.KEY, workflow.KEY or one of "
                                  f"{sorted(NAMED_SETTINGS)}")
-        if LABEL_MAPPING in arguments and "train.select_num_classes" not in settings:
+        mapping_set = any(NAMED_SETTINGS.get(dotted) == LABEL_MAPPING for dotted in settings)
+        if mapping_set and "train.select_num_classes" not in settings:
             train["select_num_classes"] = len(arguments[LABEL_MAPPING])
         source = f"train settings of {job_dir or 'the recipe'}"
         return cls(train=TrainConfig.from_dict(train, source=source), workflow=workflow, **arguments)

@@ -107,6 +107,12 @@ def test_typed_arguments_land_in_the_export_as_the_real_components_args(tmp_path
     assert configs["client"]["executors"][0]["executor"]["args"] == {"local_tensorboard": True}
 
 
+def test_a_job_for_sites_with_the_package_installed_carries_no_code(tmp_path):
+    exported = export(FedSMRecipe(bring_code=False), tmp_path)
+    assert read_configs(exported) == read_configs(JOB)
+    assert not (exported / "app" / "custom").exists()
+
+
 def test_script_arguments_land_in_the_exported_configs(tmp_path):
     result = run_script(["--num-rounds", "7", "--soft-pull-lambda", "0.5", "--selector", "light",
                          "--clients", "site_a,site_b", "--set", "train.image_size=64",
