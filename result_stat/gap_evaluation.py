@@ -23,6 +23,7 @@ from fedsm.config import TrainConfig
 from fedsm.core.dice import binarize, dice_per_image, mean_dice
 from fedsm.data.datalist import check_images_readable, datalist_file, load_datalist
 from fedsm.data.loading import make_loader
+from fedsm.evaluation import UNKNOWN_SITE, ImageResults
 from fedsm.io.checkpoint import CheckpointError
 from fedsm.models.networks import build_unet
 from result_stat.baselines import BEST_NAME, POOLED_DATALIST, RESULTS_NAME, num_rounds_of
@@ -31,7 +32,6 @@ from result_stat.gap_routing import at_threshold
 from result_stat.gap_stats import POOLED, mean_std, pooled_mean
 from result_stat.plot_tensorboard_events import read_scalars
 from result_stat.prostate_2d_test_only import (
-    ImageResults,
     RunSetup,
     evaluate_site,
     load_best_models,
@@ -42,7 +42,6 @@ from result_stat.prostate_2d_test_only import (
 )
 from result_stat.workspace import SERVER_CONFIG, find_event_dirs, find_server_app
 
-UNSEEN_LABEL = -1  # own label of images of a site with no selector class
 FEDAVG_FINAL, FEDAVG_BEST = "FL_global_model.pt", "best_FL_global_model.pt"
 CROSS_VAL_RESULTS = Path("cross_site_val") / "cross_val_results.json"
 SERVER_MODEL_PREFIX = "SRV_"
@@ -185,7 +184,7 @@ def evaluate_fedsm(name: str, workspace: Path, items: Mapping[str, list], unseen
     models = load_best_models(setup, inference.device)
     per_site = {}
     for site, pairs in items.items():
-        label = UNSEEN_LABEL if site in unseen else setup.labels[site]
+        label = UNKNOWN_SITE if site in unseen else setup.labels[site]
         per_site[site] = evaluate_site(pairs, label, models, setup, 0.0,
                                        inference.batch_size_for(setup.train_config), inference.cache_rate,
                                        inference.device, f"{name} {site}")

@@ -63,7 +63,8 @@ from result_stat.gap_report_files import StudyResults, study_record, write_repor
 from result_stat.gap_routing import Sites, confusion_counts, routing_rows, sweep_rows
 from result_stat.gap_stats import Comparison, compare, pooled_mean
 from result_stat.gap_verdict import evidence, gap_verdict, noise_note
-from result_stat.prostate_2d_test_only import DEFAULT_THRESHOLD, TEST_SPLIT, load_run_setup, trusted_sites
+from fedsm.evaluation import DEFAULT_THRESHOLD, TEST_SPLIT
+from result_stat.prostate_2d_test_only import load_run_setup, trusted_sites
 from result_stat.workspace import find_server_app
 
 DEFAULT_THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)

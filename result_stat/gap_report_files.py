@@ -27,7 +27,7 @@ from result_stat.gap_plots import plot_confusion, plot_dice_bars, plot_selector_
 from result_stat.gap_routing import Sites
 from result_stat.gap_stats import COMPARISON_KEYS, Comparison
 from result_stat.plot_tensorboard_events import save_png
-from result_stat.prostate_2d_test_only import TEST_SPLIT
+from fedsm.evaluation import TEST_SPLIT
 
 Table = tuple[list[str], list[list[Any]]]  # header, rows
 

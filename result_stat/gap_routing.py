@@ -11,7 +11,7 @@ import numpy as np
 
 from fedsm.core.super_model import GLOBAL_MODEL
 from result_stat.gap_stats import POOLED
-from result_stat.prostate_2d_test_only import ImageResults, choose_routes, summarize
+from fedsm.evaluation import ImageResults, choose_routes, summarize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ def at_threshold(results: ImageResults, threshold: float, available: Sequence[in
     At threshold 0 every image is routed to its top site, so `results.super_dice` holds the Dice of
     the top site's personalized model; at any threshold the route is that model when the selector's
     top probability exceeds the threshold, else the global model. The routing is
-    `prostate_2d_test_only.choose_routes` itself, applied to the top probability.
+    `fedsm.evaluation.choose_routes` itself, applied to the top probability.
     """
     if len(results) == 0:
         return results

@@ -42,84 +42,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from fedsm.config import TrainConfig, resolve_path
-from fedsm.core.dice import binarize, dice_per_image, mean_dice
-from fedsm.core.super_model import GLOBAL_MODEL, route_by_confidence
 from fedsm.data.datalist import DataError, check_images_readable, datalist_file, load_datalist
 from fedsm.data.loading import make_loader
+from fedsm.evaluation import (DEFAULT_THRESHOLD, TEST_SPLIT, UNKNOWN_SITE, ImageResults, SuperModel, evaluate_loader,
+                              format_table, routing_note, summarize)
 from fedsm.io.checkpoint import best_checkpoint_name
 from fedsm.core.label_mapping import check_label_mapping
 from fedsm.io.atomic import write_text_atomic
 from fedsm.io.checkpoint import CheckpointError, load_checkpoint
-from fedsm.io.progress import progress
 from fedsm.models.networks import build_selector, build_unet
 from fedsm.models.weights import set_weights
 from fedsm.runtime import choose_device
 from result_stat.workspace import SERVER_CONFIG, TRAIN_CONFIG, find_server_app
 
-DEFAULT_THRESHOLD = 0.9
-TEST_SPLIT = "testing"
-UNKNOWN_SITE = -1  # own label of the images of a pooled datalist file, which does not record their site
-
 logger = logging.getLogger("prostate_2d_test_only")
-
-
-# ---------------------------------------------------------------------------------------------
-# The math: routing, Dice, summaries (no files)
-# ---------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class ImageResults:
-    """Per-image results of one or more batches (all arrays of length N)."""
-
-    own_label: np.ndarray  # the selector label of the site the image belongs to, or UNKNOWN_SITE
-    top: np.ndarray  # the selector's top label
-    confidence: np.ndarray  # its softmax probability
-    route: np.ndarray  # the label whose personalized model segmented the image, or GLOBAL_MODEL
-    super_dice: np.ndarray
-    global_dice: np.ndarray
-
-    @classmethod
-    def empty(cls) -> "ImageResults":
-        return cls(*(np.zeros(0, dtype=dtype) for dtype in (np.int64, np.int64, np.float64, np.int64, np.float64, np.float64)))
-
-    @classmethod
-    def concat(cls, parts: Sequence["ImageResults"]) -> "ImageResults":
-        if not parts:
-            return cls.empty()
-        return cls(**{field.name: np.concatenate([getattr(part, field.name) for part in parts])
-                      for field in dataclasses.fields(cls)})
-
-    def __len__(self) -> int:
-        return len(self.super_dice)
-
-
-@dataclasses.dataclass(frozen=True)
-class Summary:
-    """One row of the result table; metrics are NaN when there are no images."""
-
-    site: str
-    images: int
-    super_dice: float
-    global_dice: float
-    selector_accuracy: float  # share of images of a known site whose top selector label is that site's
-    personalized_share: float  # share of images segmented by a personalized model
-
-    def as_json(self) -> dict[str, Any]:
-        return {key: (None if isinstance(value, float) and math.isnan(value) else value)
-                for key, value in dataclasses.asdict(self).items()}
-
-
-def choose_routes(probabilities: np.ndarray, threshold: float, available: Sequence[int]) -> np.ndarray:
-    """`route_by_confidence`, except that a confident label without a personalized model (a selector
-    class that no site of the run carries) falls back to the global model."""
-    routes = route_by_confidence(probabilities, threshold)
-    routes[(routes != GLOBAL_MODEL) & ~np.isin(routes, list(available))] = GLOBAL_MODEL
-    return routes
 
 
 def trusted_sites(validation: Mapping[str, float], labels: Mapping[str, int], margin: float) -> list[int]:
@@ -128,73 +68,6 @@ def trusted_sites(validation: Mapping[str, float], labels: Mapping[str, int], ma
     reference = validation.get("global", math.nan)
     return [label for client, label in labels.items()
             if validation.get(client, math.nan) - reference > margin]  # NaN compares False
-
-
-@torch.no_grad()
-def evaluate_batch(
-    images: torch.Tensor,
-    targets: torch.Tensor,
-    own_label: int,
-    selector: nn.Module,
-    global_model: nn.Module,
-    personalized: Mapping[int, nn.Module],
-    threshold: float,
-) -> ImageResults:
-    """Super-model and global-model Dice of one batch, with the selector's choices.
-
-    `personalized` maps a selector label to that site's personalized model. Every image is segmented
-    by the global model (for the global-only Dice); images routed to a site are segmented again by
-    that site's personalized model.
-    """
-    probabilities = torch.softmax(selector(images).float(), dim=1).cpu().numpy()
-    routes = choose_routes(probabilities, threshold, list(personalized))
-    global_prediction = binarize(global_model(images))
-    super_prediction = global_prediction.clone()
-    for label in np.unique(routes[routes != GLOBAL_MODEL]):
-        rows = torch.as_tensor(np.flatnonzero(routes == label), device=images.device)
-        super_prediction[rows] = binarize(personalized[int(label)](images[rows]))
-    return ImageResults(
-        own_label=np.full(len(routes), own_label, dtype=np.int64),
-        top=probabilities.argmax(axis=1).astype(np.int64),
-        confidence=probabilities.max(axis=1).astype(np.float64),
-        route=routes.astype(np.int64),
-        super_dice=dice_per_image(super_prediction, targets).cpu().numpy().astype(np.float64),
-        global_dice=dice_per_image(global_prediction, targets).cpu().numpy().astype(np.float64),
-    )
-
-
-def summarize(site: str, results: ImageResults) -> Summary:
-    """Means over the images of `results`: Dice leaves out the NaN of empty masks (`mean_dice`); NaN
-    metrics when there are no images, NaN selector accuracy when no image has a known site."""
-    count = len(results)
-    if count == 0:
-        return Summary(site, 0, math.nan, math.nan, math.nan, math.nan)
-    known = results.own_label != UNKNOWN_SITE
-    return Summary(
-        site=site,
-        images=count,
-        super_dice=mean_dice(torch.from_numpy(results.super_dice)),
-        global_dice=mean_dice(torch.from_numpy(results.global_dice)),
-        selector_accuracy=float((results.top == results.own_label)[known].mean()) if known.any() else math.nan,
-        personalized_share=float((results.route != GLOBAL_MODEL).mean()),
-    )
-
-
-def format_table(rows: Sequence[Summary], pooled: Summary) -> str:
-    """The result table: one row per site, then the pooled row."""
-    width = max(len("site"), len(pooled.site), *(len(row.site) for row in rows))
-    header = (f"{'site':<{width}}  {'images':>6}  {'super Dice':>10}  {'global Dice':>11}  "
-              f"{'selector acc':>12}  {'personalized':>12}")
-
-    def line(row: Summary) -> str:
-        if row.images == 0:
-            return f"{row.site:<{width}}  {0:>6}  {'-':>10}  {'-':>11}  {'-':>12}  {'-':>12}  (no test images)"
-        accuracy = "-" if math.isnan(row.selector_accuracy) else f"{row.selector_accuracy:.1%}"
-        return (f"{row.site:<{width}}  {row.images:>6}  {row.super_dice:>10.4f}  {row.global_dice:>11.4f}  "
-                f"{accuracy:>12}  {row.personalized_share:>12.1%}")
-
-    rule = "-" * len(header)
-    return "\n".join([header, rule, *(line(row) for row in rows), rule, line(pooled)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,16 +169,14 @@ def load_weights_into(model: nn.Module, path: Path, description: str) -> dict[st
 
 @dataclasses.dataclass
 class BestModels:
-    selector: nn.Module
-    global_model: nn.Module
-    personalized: dict[int, nn.Module]  # selector label -> that site's personalized model
+    model: SuperModel
     validation: dict[str, float]  # "global" and client name -> the checkpoint's validation metric
 
     def routed_by_validation(self, labels: Mapping[str, int], margin: float) -> "BestModels":
         """These models with only the personalized models of `trusted_sites` left."""
         trusted = trusted_sites(self.validation, labels, margin)
-        return dataclasses.replace(self, personalized={label: model for label, model in self.personalized.items()
-                                                       if label in trusted})
+        personalized = {label: model for label, model in self.model.personalized.items() if label in trusted}
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, personalized=personalized))
 
 
 def load_best_models(setup: RunSetup, device: torch.device) -> BestModels:
@@ -333,9 +204,9 @@ def load_best_models(setup: RunSetup, device: torch.device) -> BestModels:
         logger.info("loaded %s (metric %s, round %s)", files[key].name, info["metric"], info["round"])
         model.to(device).eval()
     return BestModels(
-        selector=models["selector"],
-        global_model=models["global"],
-        personalized={label: models[client] for client, label in setup.labels.items() if client in models},
+        model=SuperModel(selector=models["selector"], global_model=models["global"],
+                         personalized={label: models[client] for client, label in setup.labels.items()
+                                       if client in models}),
         validation={key: value for key, value in validation.items() if key != "selector"},
     )
 
@@ -390,12 +261,7 @@ def evaluate_site(
     config = setup.train_config
     loader = make_loader(items, config.image_size, batch_size, shuffle=False, cache_rate=cache_rate,
                          num_workers=config.num_workers, seed=config.seed)
-    parts = []
-    for batch in progress(loader, desc=description, unit="batch", leave=False):
-        images, targets = batch["image"].to(device), batch["label"].to(device)
-        parts.append(evaluate_batch(images, targets, label, models.selector, models.global_model,
-                                    models.personalized, threshold))
-    return ImageResults.concat(parts)
+    return evaluate_loader(loader, label, models.model, threshold, device, description)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models = load_best_models(setup, device)
     if args.route_by_validation is not None:
         models = models.routed_by_validation(setup.labels, args.route_by_validation)
-        kept = [client for client, label in setup.labels.items() if label in models.personalized]
+        kept = [client for client, label in setup.labels.items() if label in models.model.personalized]
         logger.info("routing by validation (margin %g): personalized models of %s; validation Dice %s",
                     args.route_by_validation, kept or "no site", models.validation)
     image_sets = load_test_sets(datalist_path, base_dir, setup.labels)
@@ -468,6 +334,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     routing = "" if args.route_by_validation is None else f", routed by validation (margin {args.route_by_validation:g})"
     print(f"FedSM super model, select_threshold {args.select_threshold:g}{routing}, models from {models_dir}")
     print(format_table(rows, pooled))
+    print(routing_note(pooled, args.select_threshold))
     results = {
         "models_dir": str(models_dir),
         "dataset_base_dir": str(base_dir),
@@ -475,7 +342,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "select_threshold": args.select_threshold,
         "route_by_validation": None if args.route_by_validation is None else {
             "margin": args.route_by_validation, "validation_dice": models.validation,
-            "personalized_sites": [client for client, label in setup.labels.items() if label in models.personalized]},
+            "personalized_sites": [client for client, label in setup.labels.items()
+                                   if label in models.model.personalized]},
         "sites": {row.site: row.as_json() for row in rows},
         "pooled": pooled.as_json(),
         "test_dice": pooled.super_dice,

@@ -18,8 +18,9 @@ import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey
 from nvflare.app_common.app_constant import AppConstants
 
-from fedsm.flare.messages import (GLOBAL, LABEL_KEY, MAX_PARTS_NAMES, MEMORY_KEY, METRICS, NUM_VALIDATION_KEY,
-                                  SECONDS_KEY, SELECTOR_GRADIENT, SELECTOR_MOMENTS)
+from fedsm.flare.dxo_codec import MAX_PARTS_NAMES
+from fedsm.flare.messages import (GLOBAL, LABEL_KEY, MEMORY_KEY, METRICS, NUM_VALIDATION_KEY, SECONDS_KEY,
+                                  SELECTOR_GRADIENT, SELECTOR_MOMENTS)
 from fedsm.tags import METRIC_TAGS
 
 REJECT, ACCEPT, EITHER = "reject", "accept", "either"

@@ -15,7 +15,7 @@ from monai.losses import DiceLoss
 from monai.networks.nets import UNet
 
 from fedsm.config import TrainConfig
-from fedsm.flare.messages import split_into_pieces
+from fedsm.flare.dxo_codec import split_into_pieces
 from fedsm.flare.round_costs import describe, round_record
 from fedsm.job_config import derive_job, parse_override
 from fedsm.models.networks import build_selector, build_unet

@@ -18,8 +18,9 @@ from nvflare.app_opt.pt.quantization.quantizer import ModelQuantizer
 from nvflare.fuel.utils import fobs
 
 from fedsm.core.selector_update import SelectorUpload, expected_moment_shapes
+from fedsm.flare.dxo_codec import MessageError, split_into_pieces, wire_bytes
 from fedsm.flare.messages import (CONTENT_KEY, LABEL_KEY, MAX_BYTES, MEMORY_KEY, NUM_VALIDATION_KEY, SECONDS_KEY,
-                                  FedSMTask, FedSMUpdate, MessageError, split_into_pieces, update_shapes, wire_bytes)
+                                  FedSMTask, FedSMUpdate, update_shapes)
 from fedsm.tags import GLOBAL_METRIC, METRIC_TAGS
 
 KIB = 1024

@@ -28,7 +28,8 @@ from fedsm.core.model_set import ModelSet
 from fedsm.core.selector_update import SelectorUpload
 from fedsm.core.update_checks import shapes_of
 from fedsm.flare.aggregator import FedSMAggregator
-from fedsm.flare.messages import FedSMUpdate, MessageError, update_shapes
+from fedsm.flare.dxo_codec import MessageError
+from fedsm.flare.messages import FedSMUpdate, update_shapes
 from fedsm.selector_training import SELECTOR_TRAININGS
 from fedsm.tags import METRIC_TAGS
 

@@ -11,7 +11,8 @@ from fedsm.core.adam_moments import extract_adam_moments, load_adam_moments
 from fedsm.core.model_set import ModelSet
 from fedsm.core.round_aggregation import RoundAggregator
 from fedsm.core.selector_update import expected_moment_shapes
-from fedsm.flare.messages import FedSMUpdate, MessageError, update_shapes
+from fedsm.flare.dxo_codec import MessageError
+from fedsm.flare.messages import FedSMUpdate, update_shapes
 from fedsm.models.weights import get_weights
 from fedsm.runtime import Compute
 from fedsm.selector_training import SELECTOR_TRAININGS, selector_training

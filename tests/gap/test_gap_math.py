@@ -12,7 +12,8 @@ from torch import nn
 from fedsm.core.super_model import GLOBAL_MODEL
 from result_stat import gap_evaluation, gap_format, gap_plots, gap_report, gap_routing, gap_stats, gap_verdict
 from result_stat.baselines import num_rounds_of
-from result_stat.prostate_2d_test_only import ImageResults, evaluate_batch, trusted_sites
+from fedsm.evaluation import ImageResults, SuperModel, evaluate_batch
+from result_stat.prostate_2d_test_only import trusted_sites
 
 
 class FixedLogits(nn.Module):
@@ -60,10 +61,11 @@ def test_rerouting_results_of_threshold_zero_equals_evaluating_at_each_threshold
     selector = FixedLogits(logits)
     global_model = Stripe(2, 5)
     personalized = {0: Stripe(0, 3), 1: Stripe(3, 6), 2: Stripe(5, 8)}
-    at_zero = evaluate_batch(images, targets, 0, selector, global_model, personalized, 0.0)
+    model = SuperModel(selector, global_model, personalized)
+    at_zero = evaluate_batch(images, targets, 0, model, 0.0)
     probabilities = torch.softmax(selector(images), dim=1).numpy()
     for threshold in sorted({0.0, 1 / 3, 0.5, 0.7, 0.9, 0.95, 1.0, *probabilities.max(axis=1).tolist()}):
-        direct = evaluate_batch(images, targets, 0, selector, global_model, personalized, threshold)
+        direct = evaluate_batch(images, targets, 0, model, threshold)
         rerouted = gap_routing.at_threshold(at_zero, threshold, [0, 1, 2])
         np.testing.assert_array_equal(rerouted.route, direct.route, err_msg=f"threshold {threshold}")
         np.testing.assert_allclose(rerouted.super_dice, direct.super_dice, rtol=0, atol=1e-12)

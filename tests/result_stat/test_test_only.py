@@ -18,6 +18,7 @@ from fedsm.io.checkpoint import best_checkpoint_name
 from fedsm.io.checkpoint import load_checkpoint, save_checkpoint
 from fedsm.models.networks import build_selector, build_unet
 from fedsm.models.weights import get_weights, set_weights
+from fedsm import evaluation
 from result_stat import prostate_2d_test_only as test_only
 from result_stat.workspace import find_server_app
 
@@ -320,12 +321,12 @@ def test_runs_as_a_script_from_another_folder(base_run, tmp_path):
 
 def test_choose_routes_falls_back_to_global_for_labels_without_a_model():
     probabilities = np.array([[0.95, 0.05, 0.0], [0.02, 0.03, 0.95], [0.5, 0.3, 0.2], [0.0, 0.91, 0.09]])
-    routes = test_only.choose_routes(probabilities, 0.9, available=[0, 1])
+    routes = evaluation.choose_routes(probabilities, 0.9, available=[0, 1])
     assert routes.tolist() == [0, GLOBAL_MODEL, GLOBAL_MODEL, 1]
 
 
 def test_summarize_by_hand():
-    results = test_only.ImageResults(
+    results = evaluation.ImageResults(
         own_label=np.array([1, 1, 1, 1]),
         top=np.array([1, 0, 1, 1]),
         confidence=np.array([0.95, 0.5, 0.6, 0.99]),
@@ -333,32 +334,32 @@ def test_summarize_by_hand():
         super_dice=np.array([0.8, 0.4, 0.6, 1.0]),
         global_dice=np.array([0.5, 0.4, 0.6, 0.7]),
     )
-    summary = test_only.summarize("s", results)
+    summary = evaluation.summarize("s", results)
     assert summary.images == 4
     assert summary.super_dice == pytest.approx(0.7)
     assert summary.global_dice == pytest.approx(0.55)
     assert summary.selector_accuracy == pytest.approx(0.75)
     assert summary.personalized_share == pytest.approx(0.5)
-    empty = test_only.summarize("e", test_only.ImageResults.empty())
+    empty = evaluation.summarize("e", evaluation.ImageResults.empty())
     assert empty.images == 0 and np.isnan(empty.super_dice)
     assert empty.as_json()["super_dice"] is None
 
 
 def test_summarize_leaves_selector_accuracy_out_for_images_of_unknown_site():
-    results = test_only.ImageResults(
-        own_label=np.array([test_only.UNKNOWN_SITE, 0, 0]),
+    results = evaluation.ImageResults(
+        own_label=np.array([evaluation.UNKNOWN_SITE, 0, 0]),
         top=np.array([1, 0, 1]),
         confidence=np.array([0.95, 0.95, 0.5]),
         route=np.array([1, 0, GLOBAL_MODEL]),
         super_dice=np.array([0.9, 0.6, 0.3]),
         global_dice=np.array([0.3, 0.3, 0.3]),
     )
-    assert test_only.summarize("s", results).selector_accuracy == pytest.approx(0.5)
-    unknown = test_only.ImageResults(**{**vars(results), "own_label": np.full(3, test_only.UNKNOWN_SITE)})
-    summary = test_only.summarize("u", unknown)
+    assert evaluation.summarize("s", results).selector_accuracy == pytest.approx(0.5)
+    unknown = evaluation.ImageResults(**{**vars(results), "own_label": np.full(3, evaluation.UNKNOWN_SITE)})
+    summary = evaluation.summarize("u", unknown)
     assert np.isnan(summary.selector_accuracy) and summary.as_json()["selector_accuracy"] is None
     assert summary.super_dice == pytest.approx(0.6) and summary.personalized_share == pytest.approx(2 / 3)
-    row = next(line for line in test_only.format_table([], summary).splitlines() if line.startswith("u"))
+    row = next(line for line in evaluation.format_table([], summary).splitlines() if line.startswith("u"))
     assert row.split()[4] == "-"
 
 
@@ -379,8 +380,8 @@ def test_evaluate_batch_uses_the_routed_models():
         def forward(self, x):
             return torch.full_like(x, self.logit)
 
-    result = test_only.evaluate_batch(images, targets, 0, FixedSelector(), Constant(-5.0),
-                                      {0: Constant(5.0), 1: Constant(-5.0)}, threshold=0.9)
+    model = evaluation.SuperModel(FixedSelector(), Constant(-5.0), {0: Constant(5.0), 1: Constant(-5.0)})
+    result = evaluation.evaluate_batch(images, targets, 0, model, threshold=0.9)
     assert result.route.tolist() == [0, 1, GLOBAL_MODEL]
     assert result.top.tolist() == [0, 1, 0]
     full = 2 * 16 / (256 + 16)
@@ -405,14 +406,14 @@ def test_find_server_app_layouts(tmp_path):
 
 
 def test_summarize_leaves_empty_mask_images_out_of_the_dice_means():
-    results = test_only.ImageResults(
+    results = evaluation.ImageResults(
         own_label=np.array([0, 0, 0]), top=np.array([0, 0, 0]), confidence=np.array([0.95, 0.95, 0.95]),
         route=np.array([0, 0, GLOBAL_MODEL]),
         super_dice=np.array([0.8, np.nan, 0.6]), global_dice=np.array([0.5, np.nan, 0.6]),
     )
-    summary = test_only.summarize("s", results)
+    summary = evaluation.summarize("s", results)
     assert summary.images == 3
     assert summary.super_dice == pytest.approx(0.7) and summary.global_dice == pytest.approx(0.55)
-    only_empty = test_only.ImageResults(**{**vars(results), "super_dice": np.full(3, np.nan),
+    only_empty = evaluation.ImageResults(**{**vars(results), "super_dice": np.full(3, np.nan),
                                            "global_dice": np.full(3, np.nan)})
-    assert np.isnan(test_only.summarize("e", only_empty).super_dice)
+    assert np.isnan(evaluation.summarize("e", only_empty).super_dice)

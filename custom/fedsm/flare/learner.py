@@ -29,8 +29,9 @@ from ..selector_training import selector_training
 from ..tags import (GLOBAL_LOSS, GLOBAL_METRIC, PERSONALIZED_LOSS, PERSONALIZED_METRIC, SELECTOR_CONFIDENCE,
                     SELECTOR_LOSS, SELECTOR_METRIC)
 from ..training import build_local_models, train_segmentation, validate_segmentation, validate_selector
-from .messages import GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS, START_ERROR_HEADER, FedSMTask, FedSMUpdate, \
-    MessageError, public_reason
+from .dxo_codec import MessageError
+from .messages import (GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS, START_ERROR_HEADER, FedSMTask, FedSMUpdate,
+                       public_reason)
 
 # Optimizers whose state lives on between rounds, saved in the client state. Not the selector's: in
 # `client_adam` its state is replaced by the server's averaged moments before every step, and the

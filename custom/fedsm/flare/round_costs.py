@@ -23,7 +23,8 @@ from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 
 from ..ops.telemetry import memory_use
-from .messages import reply_costs, wire_bytes
+from .dxo_codec import wire_bytes
+from .messages import reply_costs
 
 ROUND_STARTED = "fedsm.round_started"
 ROUND_FINISHED = "fedsm.round_finished"

@@ -35,7 +35,8 @@ from ..ops.heap import release_free_heap
 from ..selector_training import selector_training
 from ..tags import GLOBAL_METRIC, SELECTOR_METRIC
 from .aggregator import FedSMAggregator
-from .messages import START_ERROR_HEADER, FedSMTask, FedSMUpdate, MessageError, update_shapes
+from .dxo_codec import MessageError
+from .messages import START_ERROR_HEADER, FedSMTask, FedSMUpdate, update_shapes
 from .persistor import FedSMModelPersistor
 from .round_costs import AGGREGATE_KEY, ROUND_FINISHED, ROUND_KEY, ROUND_STARTED, WALL_KEY
 from .update_spool import receiving_cells, spool_updates_to_disk
