@@ -33,8 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from .config import TrainConfig
 from .core.label_mapping import LABEL_MAPPING, check_label_mapping
 from .flare.aggregator import FedSMAggregator
+from .flare.evaluator import FedSMEvaluator
+from .flare.heap_trimmer import HeapTrimmer
 from .flare.learner import ANALYTICS_WRITER, FedSMLearner
 from .flare.persistor import FedSMModelPersistor
+from .flare.round_costs import RoundCosts
 from .flare.simulator_guard import SimulatorClientStartGuard
 from .flare.workflow import FedSMController
 from .job_config import CONFIG_FILES, package_code
@@ -45,6 +48,7 @@ DEFAULT_DATA = "/tmp/nvflare/fedsm_data"
 DEFAULT_TRAIN = TrainConfig(dataset_base_dir=f"{DEFAULT_DATA}/dataset_2D", datalist_json_path=f"{DEFAULT_DATA}/datalist_2D")
 TRAIN_CONFIG = "config_train.json"
 TASKS = {"train_task_name": "train", "validate_task_name": "validate"}
+EVALUATE_TASK = "evaluate"  # FedSMController's and FedSMEvaluator's default evaluate_task_name
 IDS = {"aggregator_id": "aggregator", "persistor_id": "persistor"}
 # NVFlare server settings of the job: FedSM rounds are long, so a client may stay silent for minutes
 SERVER_SETTINGS = {"server": {"heart_beat_timeout": 600, "task_request_interval": 0.5}}
@@ -85,6 +89,7 @@ class _Arguments(BaseModel):
     resume_from: str
     keep_states: int = Field(ge=1)
     local_tensorboard: bool
+    heap_trimming: bool
     bring_code: bool
 
 
@@ -112,6 +117,7 @@ class FedSMRecipe(Recipe):
         resume_from: str = "",
         keep_states: int = 3,
         local_tensorboard: bool = False,
+        heap_trimming: bool = True,
         bring_code: bool = True,
     ):
         """FedSM across the clients of `client_id_label_mapping`.
@@ -129,6 +135,7 @@ class FedSMRecipe(Recipe):
             resume_from: a FedSM state file to start from (the persistor's `resume_from`; README, Resuming).
             keep_states: FedSM state files the server keeps.
             local_tensorboard: clients also write their curves into their own app folders.
+            heap_trimming: every process hands its freed heap back to the system each second (`HeapTrimmer`).
             bring_code: the job carries the `fedsm` code in `app/custom` (BYOC); False for sites that have the
                 package installed and `fedsm.flare.` in their class allow list (docs/deployment.md).
 
@@ -142,7 +149,8 @@ class FedSMRecipe(Recipe):
         arguments = _validated(_Arguments, dict(
             name=name, client_id_label_mapping=mapping, min_clients=min_clients, num_rounds=num_rounds,
             soft_pull_lambda=soft_pull_lambda, train=train, workflow=dict(workflow or {}), resume_from=resume_from,
-            keep_states=keep_states, local_tensorboard=local_tensorboard, bring_code=bring_code))
+            keep_states=keep_states, local_tensorboard=local_tensorboard, heap_trimming=heap_trimming,
+            bring_code=bring_code))
         self.train = TrainConfig.from_dict(arguments.train.as_dict(), source="FedSMRecipe argument 'train'")
         try:
             self.client_id_label_mapping = check_label_mapping(mapping, self.train.select_num_classes)
@@ -166,6 +174,7 @@ class FedSMRecipe(Recipe):
         job = FedJob(name=name, min_clients=min_clients)
         job.to_server(SimulatorClientStartGuard(), id="simulator_client_start_guard")
         job.to_server(TBAnalyticsReceiver(tb_folder="tb_events"), id="tb_receiver")
+        job.to_server(RoundCosts(), id="round_costs")
         job.to_server(FedSMModelPersistor(train_config_filename=TRAIN_CONFIG, resume_from=resume_from,
                                           keep_states=keep_states), id=IDS["persistor_id"])
         job.to_server(FedSMAggregator(soft_pull_lambda=soft_pull_lambda), id=IDS["aggregator_id"])
@@ -173,7 +182,11 @@ class FedSMRecipe(Recipe):
                                       **IDS, **TASKS, **self.workflow), id="fedsm")
         job.to_clients(FedSMLearner(train_config_filename=TRAIN_CONFIG, local_tensorboard=local_tensorboard, **TASKS),
                        tasks=list(TASKS.values()))
+        job.to_clients(FedSMEvaluator(train_config_filename=TRAIN_CONFIG), tasks=[EVALUATE_TASK])
         job.to_clients(TBWriter(), id=ANALYTICS_WRITER)
+        if heap_trimming:
+            job.to_server(HeapTrimmer(), id="heap_trimmer")
+            job.to_clients(HeapTrimmer(), id="heap_trimmer")
         job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
         self._add_files(job, bring_code)
         super().__init__(job)
@@ -192,6 +205,18 @@ class FedSMRecipe(Recipe):
             if bring_code:
                 add(str(custom))
             add(str(train_file), app_folder_type="config")
+
+    def add_quantization(self, quantization_type: str, tasks: tuple[str, ...] = tuple(TASKS.values())) -> None:
+        """NVFlare's stock quantization both ways, with the Recipe's filter methods: the clients quantize their
+        results and dequantize their tasks, the server the reverse (`blockwise8` needs CUDA; all need the
+        `[quant]` extra, bitsandbytes)."""
+        from nvflare.app_opt.pt.quantization.dequantizer import ModelDequantizer
+        from nvflare.app_opt.pt.quantization.quantizer import ModelQuantizer
+
+        self.add_client_output_filter(ModelQuantizer(quantization_type=quantization_type), tasks=list(tasks))
+        self.add_client_input_filter(ModelDequantizer(), tasks=list(tasks))
+        self.add_server_output_filter(ModelQuantizer(quantization_type=quantization_type), tasks=list(tasks))
+        self.add_server_input_filter(ModelDequantizer(), tasks=list(tasks))
 
     def process_env(self, env: ExecEnv) -> None:
         """Stop before deploying when the environment's clients are not all in the label mapping (a

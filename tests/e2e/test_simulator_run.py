@@ -12,6 +12,8 @@ from e2e_helpers import REPO, client_app, make_job, server_app, tiny_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny_runs import CLIENTS, run_simulator
 
+from result_stat import prostate_2d_test_only as test_only
+
 TAGS = {"val_metric_global_model", "val_metric_person_model", "val_metric_select_model", "train_loss",
         "train_loss_personalized", "train_loss_selector"}
 
@@ -25,6 +27,24 @@ def _scalars(event_dir):
 def tracked(workspace, client):
     """The folder where the server's TensorBoard receiver keeps the curves `client` sent."""
     return server_app(workspace).parent / "tb_events" / client
+
+
+def test_federated_test_evaluation_equals_the_central_test_only_script(finished_run):
+    """Each site scored the best models on its own test split; the server's table equals the one the
+    central script computes on the same models and data, and each site drew its own picture."""
+    workspace, output = finished_run
+    federated = json.loads((server_app(workspace) / "test_results.json").read_text())
+    central = test_only.main(["--workspace", str(workspace), "--select_threshold", "0.9"])
+    assert sorted(federated["sites"]) == sorted(central["sites"]) == sorted(CLIENTS)
+    for site, row in [*central["sites"].items(), ("pooled", central["pooled"])]:
+        mine = federated["pooled"] if site == "pooled" else federated["sites"][site]
+        assert mine["images"] == row["images"] > 0
+        for key in ("super_dice", "global_dice", "selector_accuracy", "personalized_share"):
+            assert (mine[key] is None) == (row[key] is None) and (row[key] is None or mine[key] ==
+                                                                  pytest.approx(row[key], abs=1e-6)), (site, key)
+    assert "federated test evaluation" in output and federated["routing"] in output
+    for client in CLIENTS:
+        assert (client_app(workspace, client) / "test_slices.png").stat().st_size > 1000
 
 
 def test_best_checkpoints_exist_for_every_model_and_load_safely(finished_run):

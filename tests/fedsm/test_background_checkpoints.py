@@ -30,7 +30,7 @@ def test_writes_run_in_order_on_one_thread_and_are_waited_for():
         done.append((number, threading.current_thread().name))
 
     for number in range(3):
-        controller._write_in_background(write, number)
+        controller._writes.submit(write, number)
     assert controller._finish_writes(None)
     assert [number for number, _ in done] == [0, 1, 2]
     assert all(name.startswith("fedsm_checkpoints") for _, name in done)
@@ -41,7 +41,7 @@ def test_a_failed_write_stops_the_run_naming_the_file(tmp_path):
     controller = PanicRecordingController()
     (tmp_path / "not_a_folder").write_text("a file where the app folder should be")
     target = tmp_path / "not_a_folder" / "fedsm_state.pt"
-    controller._write_in_background(save_checkpoint, target, {"weights": {"w": np.zeros(2, np.float32)}})
+    controller._writes.submit(save_checkpoint, target, {"weights": {"w": np.zeros(2, np.float32)}})
     assert not controller._finish_writes(None)
     assert len(controller.panics) == 1 and "cannot write a checkpoint" in controller.panics[0]
     assert "not_a_folder" in controller.panics[0]

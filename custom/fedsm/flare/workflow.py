@@ -13,7 +13,6 @@ import dataclasses
 import json
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from nvflare.apis.client import Client
@@ -30,12 +29,16 @@ from ..core.model_set import ModelSet
 from ..core.robust import (InfluenceBounds, bounded_claims, exceeds_recent_bounds, has_content, missing_arrays,
                            nonfinite_arrays, part_norms, screen_round)
 from ..core.update_checks import shapes_of
+from ..evaluation import DEFAULT_THRESHOLD
+from ..io.background_writes import BackgroundWrites
+from ..io.checkpoint import CheckpointError
 from ..job_config import check_packaged_code
 from ..ops.heap import release_free_heap
 from ..selector_training import selector_training
-from ..tags import GLOBAL_METRIC, SELECTOR_METRIC
+from ..tags import GLOBAL_METRIC, SELECTOR_CONFIDENCE, SELECTOR_METRIC
 from .aggregator import FedSMAggregator
 from .dxo_codec import MessageError
+from .federated_evaluation import BestWeights, FederatedEvaluation
 from .messages import START_ERROR_HEADER, FedSMTask, FedSMUpdate, update_shapes
 from .persistor import FedSMModelPersistor
 from .round_costs import AGGREGATE_KEY, ROUND_FINISHED, ROUND_KEY, ROUND_STARTED, WALL_KEY
@@ -61,6 +64,9 @@ class FedSMController(Controller):
         max_steps: dict | None = None,
         best_model_rule: str = "median",
         checkpoint_timeout: float = 600.0,
+        federated_evaluation: bool = True,
+        select_threshold: float = DEFAULT_THRESHOLD,
+        evaluate_task_name: str = "evaluate",
     ):
         """
         Args:
@@ -83,6 +89,9 @@ class FedSMController(Controller):
             max_steps: site name -> most local steps its update may weigh.
             best_model_rule: `median` (default) or `reference` (as published); see `fedsm.core.best_models`.
             checkpoint_timeout: seconds a checkpoint write may take before the run stops naming it.
+            federated_evaluation: after the last round, every site scores the best models on its own
+                test split (`federated_evaluation`); the server writes `test_results.json`.
+            select_threshold: the super model's routing threshold in that evaluation.
         """
         super().__init__()
         self.num_rounds = num_rounds
@@ -106,6 +115,10 @@ class FedSMController(Controller):
             raise ValueError(f"best_model_rule must be one of {sorted(BEST_MODEL_RULES)}, got {best_model_rule!r}")
         self.best_rule = BEST_MODEL_RULES[best_model_rule]
         self.checkpoint_timeout = checkpoint_timeout
+        self.federated_evaluation = federated_evaluation
+        self.select_threshold = select_threshold
+        self.evaluate_task_name = evaluate_task_name
+        self._evaluation = FederatedEvaluation(self, evaluate_task_name, select_threshold, train_timeout)
         self._held: dict[str, FedSMUpdate] = {}  # updates over the recent bounds, until the round closes
         self._claims: dict[str, tuple[int, dict[str, float]]] = {}  # per site: its steps and part norms
         self._streamed: dict[str, float] = {}  # sites aggregated on arrival, and the weight they got
@@ -119,9 +132,7 @@ class FedSMController(Controller):
         self._sizes: dict[str, int] = {}
         self._accept_seconds = 0.0  # the round's time spent on results as they arrived
         self._start_errors: dict[str, str] = {}  # client -> why it could not start (its data, its config)
-        # checkpoints are written by one background thread, in order, while the next round runs
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedsm_checkpoints")
-        self._writes: list[Future] = []
+        self._writes = BackgroundWrites(checkpoint_timeout)  # checkpoints, while the next round runs
 
     def start_controller(self, fl_ctx: FLContext):
         self._started = self._start(fl_ctx)
@@ -185,27 +196,16 @@ class FedSMController(Controller):
                 self._run_rounds(abort_signal, fl_ctx)
             finally:
                 self._finish_writes(fl_ctx)
-                self._writer.shutdown()
-
-    def _write_in_background(self, write, *args) -> None:
-        self._writes.append(self._writer.submit(write, *args))
+                self._writes.shutdown()
 
     def _finish_writes(self, fl_ctx: FLContext) -> bool:
-        """Wait (at most `checkpoint_timeout` s each) for every checkpoint write; False (after a system
-        panic naming the error) if one failed or hangs."""
-        writes, self._writes = self._writes, []
-        errors = []
-        for future in writes:
-            try:
-                error = future.exception(timeout=self.checkpoint_timeout)
-            except TimeoutError:
-                error = TimeoutError(f"a checkpoint write did not finish in {self.checkpoint_timeout} s "
-                                     f"(server app folder {fl_ctx.get_prop(FLContextKey.APP_ROOT)})")
-            if error is not None:
-                errors.append(error)
-        if errors:
-            self.system_panic(f"cannot write a checkpoint: {errors[0]}", fl_ctx)
-        return not errors
+        """Wait for every checkpoint write; False (after a system panic naming the error) if one failed
+        or hangs."""
+        error = self._writes.wait()
+        if error is not None:
+            self.system_panic(f"cannot write a checkpoint: {error} (server app folder "
+                              f"{fl_ctx.get_prop(FLContextKey.APP_ROOT) if fl_ctx else '?'})", fl_ctx)
+        return error is None
 
     def _run_rounds(self, abort_signal: Signal, fl_ctx: FLContext):
         clients = self._participants(fl_ctx)
@@ -234,7 +234,7 @@ class FedSMController(Controller):
             release_free_heap()  # the round's accumulators and received updates, before the next tasks
             if not self._finish_writes(fl_ctx):  # the previous round's; at most one model set in flight
                 return
-            self._write_in_background(self._save_state, _snapshot(models), fl_ctx)
+            self._writes.submit(self._save_state, _snapshot(models), fl_ctx)
             finished = time.monotonic()
             self.log_info(fl_ctx, f"Round {round_number} finished in {finished - started:.1f} s; "
                                   f"aggregated {sorted(contributors)}.")
@@ -247,8 +247,22 @@ class FedSMController(Controller):
             if not abort_signal.triggered:
                 sizes = bounded_claims(self._sizes, self.bounds.steps_ratio)
                 self._track_best(models, models.next_round, sizes, fl_ctx, final=True)
-                self._write_in_background(self._save_state, _snapshot(models), fl_ctx)
+                self._writes.submit(self._save_state, _snapshot(models), fl_ctx)
+        if self.federated_evaluation and not abort_signal.triggered and self._finish_writes(fl_ctx):
+            self._evaluate(clients, fl_ctx, abort_signal)
         self.log_info(fl_ctx, "FedSM finished.")
+
+    def _evaluate(self, clients: list[str], fl_ctx: FLContext, abort_signal: Signal) -> None:
+        """The federated test evaluation of the best checkpoints just written."""
+        try:
+            best, without = BestWeights.load(Path(fl_ctx.get_prop(FLContextKey.APP_ROOT)), self.labels)
+        except CheckpointError as error:
+            self.log_warning(fl_ctx, f"no federated test evaluation: {error}")
+            return
+        if without:
+            self.log_warning(fl_ctx, f"{without} have no best personalized model; images routed to them are "
+                                     "segmented by the global model")
+        self._evaluation.run(best, self.labels, clients, fl_ctx, abort_signal)
 
     def _start_round(self, models: ModelSet, clients: list[str]) -> None:
         """Get the aggregator and the reply checks ready for a training round of `models`."""
@@ -423,13 +437,15 @@ class FedSMController(Controller):
         sizes = bounded_claims({c: self._sizes[c] for c in self._metrics}, self.bounds.steps_ratio)
         self.log_info(fl_ctx, f"round {round_number} validation (mean over {len(self._metrics)} clients): "
                               f"global Dice {mean_metric(self._metrics, sizes, GLOBAL_METRIC):.4f}, "
-                              f"selector accuracy {mean_metric(self._metrics, sizes, SELECTOR_METRIC):.4f}")
+                              f"selector accuracy {mean_metric(self._metrics, sizes, SELECTOR_METRIC):.4f}, "
+                              f"selector confidence {mean_metric(self._metrics, sizes, SELECTOR_CONFIDENCE):.4f} "
+                              f"(routing threshold {self.select_threshold:g})")
         sources = {"global": lambda _: models.global_model, "selector": lambda _: models.selector,
                    "personalized": lambda client: models.personalized[client]}
         for model, client, value in improved_models(self._metrics, weights, models.best_metrics, self.best_rule,
                                                     round_number, final):
             path = self.persistor.best_path(model, client, fl_ctx)
-            self._write_in_background(self.persistor.save_best, model, client, sources[model](client), value,
+            self._writes.submit(self.persistor.save_best, model, client, sources[model](client), value,
                                       round_number, fl_ctx)
             self.log_info(fl_ctx, f"new best {model}{' of ' + client if client else ''}: {value:.4f} -> {path.name}")
 
