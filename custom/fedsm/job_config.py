@@ -96,14 +96,20 @@ def derive_job(source: str | Path, destination: str | Path, overrides: dict[str,
     if not (source / "meta.json").is_file():
         raise FileNotFoundError(f"{source} is not an NVFlare job folder (no meta.json)")
     if is_fedsm_job(source):
-        from .recipe import FedSMRecipe  # the recipe builds the workflow, which imports this module
-
-        differing = FedSMRecipe.from_settings({}, job_dir=source).files_differing_from(source)
-        if differing:
-            raise ValueError(f"{source}: {differing} hold what FedSMRecipe's arguments do not make; derive from a job "
-                             "folder the recipe wrote, and add components or filters through the recipe")
-        return FedSMRecipe.from_settings(overrides, job_dir=source).write_job(destination)
+        return recipe_of(source, overrides).write_job(destination)
     return _derive_baseline_job(source, destination, overrides)
+
+
+def recipe_of(job_dir: Path, overrides: dict[str, Any]):
+    """The `FedSMRecipe` of the FedSM job folder `job_dir` with `overrides`; an error when the folder holds
+    what the recipe's arguments do not make (a component or filter added by hand), which would be lost."""
+    from .recipe import FedSMRecipe  # the recipe builds the workflow, which imports this module
+
+    differing = FedSMRecipe.from_settings({}, job_dir=job_dir).files_differing_from(job_dir)
+    if differing:
+        raise ValueError(f"{job_dir}: {differing} hold what FedSMRecipe's arguments do not make; derive from a job "
+                         "folder the recipe wrote, and add components or filters through the recipe")
+    return FedSMRecipe.from_settings(overrides, job_dir=job_dir)
 
 
 def _set(config: dict, key: str, value: Any, file: Path) -> None:
@@ -136,21 +142,15 @@ def _derive_baseline_job(source: Path, destination: Path, overrides: dict[str, A
 
 
 QUANTIZER = "nvflare.app_opt.pt.quantization.quantizer.ModelQuantizer"
-DEQUANTIZER = "nvflare.app_opt.pt.quantization.dequantizer.ModelDequantizer"
 
 
 def add_quantization(job_dir: str | Path, quantization_type: str) -> None:
-    """Add NVFlare's stock quantization both ways to a job, as the README documents it: clients quantize
-    their results and dequantize their tasks, the server the reverse (`blockwise8` needs CUDA)."""
-    quantizer = {"path": QUANTIZER, "args": {"quantization_type": quantization_type}}
-    dequantizer = {"path": DEQUANTIZER, "args": {}}
-    for side, outgoing, incoming in (("client", "task_result_filters", "task_data_filters"),
-                                     ("server", "task_data_filters", "task_result_filters")):
-        config_file = Path(job_dir) / "app" / "config" / f"config_fed_{side}.json"
-        config = json.loads(config_file.read_text())
-        config[outgoing] = [{"tasks": ["train", "validate"], "filters": [quantizer]}]
-        config[incoming] = [{"tasks": ["train", "validate"], "filters": [dequantizer]}]
-        write_text_atomic(config_file, json.dumps(config, indent=2) + "\n")
+    """Write the FedSM job `job_dir` again through its recipe with NVFlare's stock quantization both ways, as
+    the README documents it (`FedSMRecipe.add_quantization`)."""
+    job_dir = Path(job_dir)
+    recipe = recipe_of(job_dir, {})
+    recipe.add_quantization(quantization_type)
+    recipe.write_job(job_dir)
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -24,7 +24,7 @@ from nvflare.recipe import PocEnv, ProdEnv, SimEnv
 from tiny_runs import CLIENTS
 
 import fedsm
-from fedsm.job_config import derive_job
+from fedsm.job_config import add_quantization, derive_job
 from fedsm.recipe import DEFAULT_TRAIN, FedSMRecipe
 
 JOB = REPO / "jobs" / "fedsm_prostate"
@@ -146,6 +146,18 @@ def test_filters_are_added_with_the_recipes_own_methods(tmp_path):
     assert filters(configs["client"], "task_data_filters") == [(["train", "validate"], [dequantize])]
     assert filters(configs["server"], "task_result_filters") == [(["train"], [dequantize])]
     assert filters(configs["server"], "task_data_filters") == [(["train", "validate"], [quantize])]
+
+
+def test_job_config_quantizes_a_job_through_the_recipe(tmp_path):
+    job = derive_job(JOB, tmp_path / "job", {"server.num_rounds": 3})
+    add_quantization(job, "blockwise8")
+    configs = read_configs(job)
+    tasks, quantize, dequantize = ["train", "validate"], (QUANTIZER, {"quantization_type": "blockwise8"}), (DEQUANTIZER, {})
+    assert filters(configs["client"], "task_result_filters") == [(tasks, [quantize])]
+    assert filters(configs["client"], "task_data_filters") == [(tasks, [dequantize])]
+    assert filters(configs["server"], "task_result_filters") == [(tasks, [dequantize])]
+    assert filters(configs["server"], "task_data_filters") == [(tasks, [quantize])]
+    assert args_of(configs["server"], WORKFLOW)["num_rounds"] == 3
 
 
 @pytest.mark.parametrize("arguments, named", [
