@@ -4,6 +4,7 @@
     python result_stat/prostate_2d_test_only.py --models_dir WS/server/simulate_job/app_server \
         --select_threshold 0.9 --output_json results.json
     python -m result_stat.prostate_2d_test_only --workspace WS --datalist_json_path DATA/datalist_2D/client_All.json
+    python -m result_stat.prostate_2d_test_only --workspace WS --figures_dir figures   # and a picture per site
 
 `--datalist_json_path` (default: the run's config) is either a folder of `client_<name>.json`
 datalists, read for each site of the run, or one datalist JSON file as in the reference (e.g.
@@ -50,6 +51,7 @@ from fedsm.data.datalist import DataError, check_images_readable, datalist_file,
 from fedsm.data.loading import make_loader
 from fedsm.evaluation import (DEFAULT_THRESHOLD, TEST_SPLIT, UNKNOWN_SITE, ImageResults, SuperModel, evaluate_loader,
                               format_table, routing_note, summarize)
+from fedsm.evaluation_figure import draw_first_slices
 from fedsm.io.checkpoint import best_checkpoint_name
 from fedsm.core.label_mapping import check_label_mapping
 from fedsm.io.atomic import write_text_atomic
@@ -59,6 +61,7 @@ from fedsm.models.weights import set_weights
 from fedsm.runtime import choose_device
 from result_stat.workspace import SERVER_CONFIG, TRAIN_CONFIG, find_server_app
 
+FIGURE_SLICES = 4
 logger = logging.getLogger("prostate_2d_test_only")
 
 
@@ -291,6 +294,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=None,
                         help="inference batch size (default: batch_size of the run's config; results do not depend on it)")
     parser.add_argument("--output_json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--figures_dir", default=None,
+                        help="also draw the first test slices of each site with the ground truth and both models' "
+                             "contours, as test_slices_<site>.png in this folder")
     args = parser.parse_args(argv)
     if not 0.0 <= args.select_threshold <= 1.0:
         parser.error(f"--select_threshold must be in [0, 1], got {args.select_threshold}")
@@ -326,6 +332,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             logger.warning("%s has no %s images in %s", image_set.name, TEST_SPLIT, image_set.datalist)
         per_set[image_set.name] = evaluate_site(image_set.items, image_set.label, models, setup, args.select_threshold,
                                                batch_size, args.cache_rate, device, image_set.name)
+        if args.figures_dir and image_set.items:
+            loader = make_loader(image_set.items, config.image_size, batch_size, shuffle=False)
+            figure = draw_first_slices(loader, models.model, args.select_threshold, device, FIGURE_SLICES,
+                                       f"{image_set.name}: test slices",
+                                       Path(args.figures_dir).expanduser() / f"test_slices_{image_set.name}.png")
+            logger.info("wrote %s", figure)
     rows = [summarize(name, results) for name, results in per_set.items()]
     pooled = summarize("pooled", ImageResults.concat(list(per_set.values())))
     if pooled.images == 0:

@@ -51,3 +51,18 @@ def draw_test_slices(images: np.ndarray, targets: np.ndarray, super_masks: np.nd
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)
     return path
+
+
+def draw_first_slices(loader, model: SuperModel, threshold: float, device: torch.device, count: int, title: str,
+                      path: Path) -> Path:
+    """`draw_test_slices` of the first `count` images of `loader` (`image`, `label` batches)."""
+    images, targets = [], []
+    for batch in loader:
+        images.append(batch["image"])
+        targets.append(batch["label"])
+        if sum(len(part) for part in images) >= count:
+            break
+    images, targets = torch.cat(images)[:count], torch.cat(targets)[:count]
+    super_masks, global_masks = segmentations(images.to(device), model, threshold)
+    return draw_test_slices(images[:, 0].numpy(), targets[:, 0].numpy() > 0.5, super_masks > 0.5, global_masks > 0.5,
+                            title, path)

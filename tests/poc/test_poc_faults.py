@@ -1,6 +1,7 @@
 """Faults of a real federation, in NVFlare POC mode: a client site crashes in the middle of a round,
 the server is killed between rounds. One federation (server + 3 clients) serves the whole module."""
 
+import json
 import os
 import time
 from pathlib import Path
@@ -121,6 +122,9 @@ def test_server_killed_between_rounds_a_resumed_job_continues_from_the_saved_rou
     assert set(saved["best_metrics"]) <= set(final["best_metrics"])  # best metrics carried over
     for key in ("global", "selector", *(f"personalized/{client}" for client in CLIENTS)):
         assert final["best_metrics"][key] >= saved["best_metrics"][key], key
+    # the downloaded job alone holds the federated test table of every site (scored at the sites)
+    tested = json.loads((results / "app_server" / "test_results.json").read_text())
+    assert sorted(tested["sites"]) == sorted(CLIENTS) and tested["pooled"]["images"] > 0
     # the downloaded job alone holds every site's curves, and the plot script draws them all from it
     for client in CLIENTS:
         assert sorted(scalars(results / TRACKING_FOLDER / client, "val_metric_global_model")) == [1, 2], client

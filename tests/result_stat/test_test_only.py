@@ -164,6 +164,16 @@ def test_prints_a_table_and_test_dice_last(base_run, tmp_path, capsys):
     assert results["test_dice"] == pytest.approx(site_sums / 7)
 
 
+def test_figures_show_each_sites_first_test_slices_and_the_routing_is_stated(base_run, tmp_path, capsys):
+    app = base_run / "ws" / "server" / "simulate_job" / "app_server"
+    results = test_only.main(["--models_dir", str(app), "--figures_dir", str(tmp_path / "figures")])
+    for client in LABELS:
+        assert (tmp_path / "figures" / f"test_slices_{client}.png").read_bytes().startswith(b"\x89PNG")
+    share = results["pooled"]["personalized_share"]
+    assert (f"{share:.1%} of the test images were routed" if share else "the super model equals the global model") \
+        in capsys.readouterr().out
+
+
 def test_threshold_one_is_the_global_model_only(base_run, tmp_path):
     app = base_run / "ws" / "server" / "simulate_job" / "app_server"
     # even a selector that is certain of one site must not route anything at threshold 1.0

@@ -21,7 +21,7 @@ from ..core.update_checks import shapes_of
 from ..data.datalist import DataError, check_images_readable, datalist_file, load_datalist
 from ..data.loading import make_loader
 from ..evaluation import TEST_SPLIT, SiteTotals, SuperModel, evaluate_loader, summarize
-from ..evaluation_figure import draw_test_slices, segmentations
+from ..evaluation_figure import draw_first_slices
 from ..models.networks import build_selector, build_unet
 from ..models.weights import get_weights, set_weights
 from ..runtime import choose_device
@@ -74,8 +74,8 @@ class FedSMEvaluator(Executor):
         self.log_info(fl_ctx, f"{site} test: {summary.images} images, super Dice {summary.super_dice:.4f}, "
                               f"global Dice {summary.global_dice:.4f}, routed {summary.personalized_share:.1%}")
         if self.figure_slices > 0:
-            figure = self._figure(loader, model, threshold, device, f"{site}: test slices",
-                                  app_root / FIGURE_NAME)
+            figure = draw_first_slices(loader, model, threshold, device, self.figure_slices,
+                                       f"{site}: test slices", app_root / FIGURE_NAME)
             self.log_info(fl_ctx, f"wrote {figure}")
         return totals_to_shareable(SiteTotals.of(results))
 
@@ -88,19 +88,6 @@ class FedSMEvaluator(Executor):
             raise DataError(f"{path}: the '{TEST_SPLIT}' split is empty")
         check_images_readable(items, f"{path} '{TEST_SPLIT}'")
         return items
-
-    def _figure(self, loader, model: SuperModel, threshold: float, device: torch.device, title: str,
-                path: Path) -> Path:
-        images, targets = [], []
-        for batch in loader:
-            images.append(batch["image"])
-            targets.append(batch["label"])
-            if sum(len(part) for part in images) >= self.figure_slices:
-                break
-        images, targets = torch.cat(images)[:self.figure_slices], torch.cat(targets)[:self.figure_slices]
-        super_masks, global_masks = segmentations(images.to(device), model, threshold)
-        return draw_test_slices(images[:, 0].numpy(), targets[:, 0].numpy() > 0.5, super_masks > 0.5,
-                                global_masks > 0.5, title, path)
 
 
 def _loaded(model: torch.nn.Module, weights, device: torch.device) -> torch.nn.Module:
