@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run by: users. User commands live in scripts/, maintainer tools in tools/.
-# The demo, end to end on a fresh machine with no download (about 5-10 minutes on 2 CPU cores):
+# The demo, end to end on a fresh machine with no download (about 10-15 minutes on 2 CPU cores):
 # set-up, synthetic 3-site data, the FedSM job in the NVFlare simulator at a CPU-sized config,
 # test-only evaluation of the super model and of the global model alone, validation curves.
 # FEDSM_DEMO_DIR (default /tmp/nvflare/fedsm_demo) holds the job, the workspace and the results;
