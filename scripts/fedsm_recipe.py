@@ -1,4 +1,5 @@
 #!/usr/bin/env python
+# Run by: users, to run FedSM (or score a finished run) in the simulator, POC or a provisioned project.
 """Run FedSM as an NVFlare recipe (`fedsm.recipe.FedSMRecipe`) in the simulator, POC or a provisioned project.
 
     python scripts/fedsm_recipe.py                          # the default job, in the simulator (SimEnv)
@@ -6,6 +7,8 @@
     python scripts/fedsm_recipe.py --env poc                # a fresh local POC federation (PocEnv)
     python scripts/fedsm_recipe.py --env prod --startup-kit /path/to/admin@nvidia.com   # ProdEnv
     python scripts/fedsm_recipe.py --write-job /tmp/fedsm_job                # the job folder only
+    python scripts/fedsm_recipe.py --evaluate WS/server/simulate_job/app_server --clients A,B,NEW
+        # evaluate-only: these sites score that finished run's best models on their own test splits
     python scripts/fedsm_recipe.py --export --export-dir /tmp/fedsm_jobs     # writes /tmp/fedsm_jobs/fedsm_prostate
 
 `--export` and `--export-dir` are NVFlare's own recipe flags: NVFlare takes them off the command line
@@ -30,7 +33,7 @@ import warnings
 warnings.filterwarnings("ignore", message="NVFlare reserves '--export'")
 
 from fedsm.job_config import parse_override  # noqa: E402
-from fedsm.recipe import FedSMRecipe  # noqa: E402
+from fedsm.recipe import FedSMEvaluationRecipe, FedSMRecipe  # noqa: E402
 from nvflare.recipe import PocEnv, ProdEnv, SimEnv  # noqa: E402
 from nvflare.recipe.prod_env import DEFAULT_ADMIN_USER  # noqa: E402
 
@@ -62,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="job: the job carries the fedsm code (BYOC, default); installed: the sites have it "
                              "installed (docs/deployment.md, production)")
     parser.add_argument("--write-job", metavar="FOLDER", help="write the job folder FOLDER (replaced) and exit")
+    parser.add_argument("--evaluate", metavar="MODELS_DIR",
+                        help="instead of training: the evaluate-only job of the finished run whose server app folder "
+                             "is MODELS_DIR (its best checkpoints and configs); --clients are the sites that score "
+                             "it (default: the run's), a site the run did not have is an unseen site")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (to export, give --export --export-dir DIR)")
@@ -97,12 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        recipe = FedSMRecipe.from_settings(settings_of(args), bring_code=args.code == "job")
+        if args.evaluate:
+            recipe = FedSMEvaluationRecipe.of_run(args.evaluate, clients=args.clients, bring_code=args.code == "job")
+        else:
+            recipe = FedSMRecipe.from_settings(settings_of(args), bring_code=args.code == "job")
         if args.write_job:
             logger.info("job written to %s", recipe.write_job(args.write_job))
             return 0
         env = make_env(args, recipe.clients)
-        logger.info("FedSM, %d rounds; clients and labels %s; %s", recipe.num_rounds,
+        logger.info("FedSM, %s; clients %s, labels %s; %s",
+                    "evaluate-only" if args.evaluate else f"{recipe.num_rounds} rounds", recipe.clients,
                     recipe.client_id_label_mapping, type(env).__name__)
         run = recipe.execute(env)  # with --export it writes the job and exits here
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Run by: users (and scripts/test.sh, CI), once after cloning; re-running is cheap.
 # Set-up: a virtual environment with this package and all its extras ([test] holds [prep] and
 # [quant]) at the versions pinned in constraints.txt, and the job's code packaged into
 # jobs/fedsm_prostate/app/custom. Re-running is cheap (pip skips what is installed).

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from nvflare.apis.analytix import ANALYTIC_EVENT_TYPE
+from nvflare.apis.filter import Filter
 from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
 from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
 from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
@@ -31,8 +32,10 @@ from nvflare.recipe.spec import ExecEnv, Recipe
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .config import TrainConfig
-from .core.label_mapping import LABEL_MAPPING, check_label_mapping
+from .core.label_mapping import LABEL_MAPPING, check_label_mapping, configured_label_mapping
+from .evaluation import DEFAULT_THRESHOLD
 from .flare.aggregator import FedSMAggregator
+from .flare.evaluation_workflow import FedSMEvaluationController
 from .flare.evaluator import FedSMEvaluator
 from .flare.heap_trimmer import HeapTrimmer
 from .flare.learner import ANALYTICS_WRITER, FedSMLearner
@@ -103,7 +106,22 @@ def _validated(model: type[BaseModel], values: dict, prefix: str = "") -> BaseMo
         raise ValueError(f"FedSMRecipe argument {'; '.join(problems)}") from None
 
 
-class FedSMRecipe(Recipe):
+class JobFolderRecipe(Recipe):
+    """A recipe that can also write its job as a folder of a chosen name."""
+
+    def write_job(self, destination: str | Path) -> Path:
+        """Export the job into the folder `destination` (replaced if it exists), whatever its name."""
+        destination = Path(destination).resolve()
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".fedsm_export_", dir=destination.parent) as root:
+            self.export(root)
+            if destination.exists():
+                shutil.rmtree(destination)
+            (Path(root) / self.name).rename(destination)
+        return destination
+
+
+class FedSMRecipe(JobFolderRecipe):
     def __init__(
         self,
         *,
@@ -178,8 +196,9 @@ class FedSMRecipe(Recipe):
         job.to_server(FedSMModelPersistor(train_config_filename=TRAIN_CONFIG, resume_from=resume_from,
                                           keep_states=keep_states), id=IDS["persistor_id"])
         job.to_server(FedSMAggregator(soft_pull_lambda=soft_pull_lambda), id=IDS["aggregator_id"])
-        job.to_server(FedSMController(num_rounds=num_rounds, client_id_label_mapping=self.client_id_label_mapping,
-                                      **IDS, **TASKS, **self.workflow), id="fedsm")
+        self._controller = FedSMController(num_rounds=num_rounds, client_id_label_mapping=self.client_id_label_mapping,
+                                           **IDS, **TASKS, **self.workflow)
+        job.to_server(self._controller, id="fedsm")
         job.to_clients(FedSMLearner(train_config_filename=TRAIN_CONFIG, local_tensorboard=local_tensorboard, **TASKS),
                        tasks=list(TASKS.values()))
         job.to_clients(FedSMEvaluator(train_config_filename=TRAIN_CONFIG), tasks=[EVALUATE_TASK])
@@ -188,23 +207,9 @@ class FedSMRecipe(Recipe):
             job.to_server(HeapTrimmer(), id="heap_trimmer")
             job.to_clients(HeapTrimmer(), id="heap_trimmer")
         job.to_clients(ConvertToFedEvent(events_to_convert=[ANALYTIC_EVENT_TYPE]), id="event_to_fed")
-        self._add_files(job, bring_code)
+        self._staging = add_job_files(job, self.train, bring_code)
         super().__init__(job)
         self.add_server_config({**SERVER_SETTINGS, RUN_LENGTH: num_rounds})
-
-    def _add_files(self, job: FedJob, bring_code: bool) -> None:
-        """Ship config_train.json, and with `bring_code` the packaged `fedsm` code, to the server and the
-        clients; FedJob never copies the components' modules one by one."""
-        self._staging = tempfile.TemporaryDirectory(prefix="fedsm_recipe_")
-        staging = Path(self._staging.name)
-        train_file = staging / TRAIN_CONFIG
-        train_file.write_text(json.dumps(self.train.as_dict(), indent=2) + "\n")
-        custom = package_code(staging).parent
-        job.set_app_packages(sorted(p.name for p in custom.iterdir() if (p / "__init__.py").is_file()))
-        for add in (job.add_file_to_server, job.add_file_to_clients):
-            if bring_code:
-                add(str(custom))
-            add(str(train_file), app_folder_type="config")
 
     def add_quantization(self, quantization_type: str, tasks: tuple[str, ...] = tuple(TASKS.values())) -> None:
         """NVFlare's stock quantization both ways, with the Recipe's filter methods: the clients quantize their
@@ -218,6 +223,13 @@ class FedSMRecipe(Recipe):
         self.add_server_output_filter(ModelQuantizer(quantization_type=quantization_type), tasks=list(tasks))
         self.add_server_input_filter(ModelDequantizer(), tasks=list(tasks))
 
+    def add_server_input_filter(self, filter: Filter, tasks: list[str] | None = None) -> None:
+        """Add a filter of the clients' results on the server, and turn the workflow's tensor disk offload
+        off: the filter runs on the received message before FedSM reads it, and needs its arrays in
+        memory, not as references to files."""
+        super().add_server_input_filter(filter, tasks)
+        self._controller.tensor_disk_offload = False
+
     def process_env(self, env: ExecEnv) -> None:
         """Stop before deploying when the environment's clients are not all in the label mapping (a
         ProdEnv names none: its clients are the provisioned project's)."""
@@ -229,17 +241,6 @@ class FedSMRecipe(Recipe):
             raise ValueError(f"clients {unknown} of the {type(env).__name__} are not in {LABEL_MAPPING} "
                              f"{self.client_id_label_mapping}; run with clients={self.clients} or pass a mapping "
                              "that names them")
-
-    def write_job(self, destination: str | Path) -> Path:
-        """Export the job into the folder `destination` (replaced if it exists), whatever its name."""
-        destination = Path(destination).resolve()
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".fedsm_export_", dir=destination.parent) as root:
-            self.export(root)
-            if destination.exists():
-                shutil.rmtree(destination)
-            (Path(root) / self.name).rename(destination)
-        return destination
 
     def files_differing_from(self, job_dir: str | Path) -> list[str]:
         """The config files (meta.json, app/config/*.json) of the job folder `job_dir` whose JSON differs from
@@ -279,6 +280,53 @@ class FedSMRecipe(Recipe):
             train["select_num_classes"] = len(arguments[LABEL_MAPPING])
         source = f"train settings of {job_dir or 'the recipe'}"
         return cls(train=TrainConfig.from_dict(train, source=source), workflow=workflow, **arguments)
+
+
+def add_job_files(job: FedJob, train: TrainConfig, bring_code: bool) -> tempfile.TemporaryDirectory:
+    """Ship config_train.json, and with `bring_code` the packaged `fedsm` code, to the server and the
+    clients (FedJob never copies the components' modules one by one); the staging folder, which must
+    live as long as the job."""
+    staging = tempfile.TemporaryDirectory(prefix="fedsm_recipe_")
+    train_file = Path(staging.name) / TRAIN_CONFIG
+    train_file.write_text(json.dumps(train.as_dict(), indent=2) + "\n")
+    custom = package_code(Path(staging.name)).parent
+    job.set_app_packages(sorted(p.name for p in custom.iterdir() if (p / "__init__.py").is_file()))
+    for add in (job.add_file_to_server, job.add_file_to_clients):
+        if bring_code:
+            add(str(custom))
+        add(str(train_file), app_folder_type="config")
+    return staging
+
+
+class FedSMEvaluationRecipe(JobFolderRecipe):
+    def __init__(self, *, models_dir: str, client_id_label_mapping: dict[str, int], train: TrainConfig,
+                 clients: list[str] | None = None, select_threshold: float = DEFAULT_THRESHOLD,
+                 name: str = "fedsm_evaluate", min_clients: int = 1, bring_code: bool = True):
+        """The evaluate-only FedSM job: `clients` (default: the mapping's) score the best checkpoints of the
+        finished run in `models_dir` (its server app folder) on their own test splits
+        (`FedSMEvaluationController`); a client outside `client_id_label_mapping` is an unseen site.
+        `train` gives the architectures and each site's data paths, as in the run. See `of_run`."""
+        self.client_id_label_mapping = check_label_mapping(client_id_label_mapping, train.select_num_classes)
+        self.clients = list(clients or self.client_id_label_mapping)
+        job = FedJob(name=name, min_clients=min_clients)
+        job.to_server(FedSMEvaluationController(models_dir=str(models_dir), client_id_label_mapping=dict(
+            self.client_id_label_mapping), select_threshold=select_threshold, evaluate_task_name=EVALUATE_TASK),
+                      id="fedsm_evaluation")
+        job.to_clients(FedSMEvaluator(train_config_filename=TRAIN_CONFIG, evaluate_task_name=EVALUATE_TASK),
+                       tasks=[EVALUATE_TASK])
+        self._staging = add_job_files(job, train, bring_code)
+        super().__init__(job)
+
+    @classmethod
+    def of_run(cls, models_dir: str | Path, **arguments: Any) -> "FedSMEvaluationRecipe":
+        """The evaluation of the run whose server app folder is `models_dir`, with that run's training
+        config and label mapping (its `config/` files); `arguments` as for the constructor."""
+        config_dir = Path(models_dir) / "config"
+        train = TrainConfig.from_file(config_dir / TRAIN_CONFIG)
+        mapping = configured_label_mapping(_read(config_dir / "config_fed_server.json"), train.select_num_classes,
+                                           source=str(config_dir / "config_fed_server.json"))
+        return cls(models_dir=str(Path(models_dir).resolve()), client_id_label_mapping=mapping, train=train,
+                   **arguments)
 
 
 def _read(path: Path) -> dict:

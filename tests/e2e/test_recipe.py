@@ -146,6 +146,10 @@ def test_filters_are_added_with_the_recipes_own_methods(tmp_path):
     assert filters(configs["client"], "task_data_filters") == [(["train", "validate"], [dequantize])]
     assert filters(configs["server"], "task_result_filters") == [(["train"], [dequantize])]
     assert filters(configs["server"], "task_data_filters") == [(["train", "validate"], [quantize])]
+    # a server result filter needs the results in memory: the workflow's disk offload is turned off
+    assert args_of(configs["server"], WORKFLOW)["tensor_disk_offload"] is False
+    assert "tensor_disk_offload" not in args_of(read_configs(export(FedSMRecipe(), tmp_path / "plain"))["server"],
+                                                WORKFLOW)  # on, its default
 
 
 def test_job_config_quantizes_a_job_through_the_recipe(tmp_path):

@@ -73,7 +73,9 @@ def test_a_job_folders_configs_are_read_together_and_errors_name_the_file_and_th
     assert configs.train == TrainConfig.from_file("jobs/fedsm_prostate/app/config/config_train.json")
     assert sorted(configs.label_mapping.values()) == list(range(configs.train.select_num_classes))
     assert configs.server["workflows"][0]["args"]["client_id_label_mapping"] == configs.label_mapping
-    derived = derive_job("jobs/fedsm_prostate", tmp_path / "job", {"train.select_num_classes": 2})
+    derived = derive_job("jobs/fedsm_prostate", tmp_path / "job", {})
+    train_file = derived / "app" / "config" / "config_train.json"
+    train_file.write_text(json.dumps({**json.loads(train_file.read_text()), "select_num_classes": 2}))
     with pytest.raises(ValueError, match=r"app/config/config_fed_server.json of the demo job: .* is not a label in \[0, 2\)"):
         read_job_configs(derived, described_as="the demo job")
     (derived / "app" / "config" / "config_train.json").write_text("{not json")

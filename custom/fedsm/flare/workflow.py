@@ -10,7 +10,6 @@ workflow decodes each reply once, checks it, and streams it into the round's sum
 """
 
 import dataclasses
-import json
 import threading
 import time
 from pathlib import Path
@@ -80,7 +79,9 @@ class FedSMController(Controller):
             validate_final_models: after the last round, have every client validate the final models.
             tensor_disk_offload: the server writes incoming client updates to temporary files as they
                 arrive and reads each one back while aggregating it (NVFlare's tensor disk offload),
-                so that concurrent uploads of large updates do not all sit in memory at once.
+                so that concurrent uploads of large updates do not all sit in memory at once. Must be
+                false where the server has task result filters, which need the arrays in memory
+                (`FedSMRecipe.add_server_input_filter` sees to it).
             max_steps_ratio: a site's aggregation weight (its local steps) is at most this times the
                 round's lower median claim (0: no such bound).
             max_norm_ratio: a site whose update part (global difference, personalized change, selector
@@ -167,23 +168,7 @@ class FedSMController(Controller):
             self.system_panic(f"min_clients is {self.min_clients} in config_fed_server.json but {meta_min_clients} "
                               "in meta.json; set one value in both", fl_ctx)
             return False
-        result_filters = self._server_result_filters(fl_ctx)
-        if self.tensor_disk_offload and result_filters:
-            # the server's result filters run on the received message before FedSM reads it, and stock
-            # filters need tensors in memory, not references to tensors on disk
-            self.log_info(fl_ctx, f"tensor_disk_offload off: the server has task result filters {result_filters}")
-            self.tensor_disk_offload = False
         return True
-
-    def _server_result_filters(self, fl_ctx: FLContext) -> list[str]:
-        """Class paths of the task result filters in this server app's `config_fed_server.json`."""
-        config_file = Path(fl_ctx.get_prop(FLContextKey.APP_ROOT)) / "config" / "config_fed_server.json"
-        try:
-            config = json.loads(config_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            return []
-        return sorted({f.get("path", "?") for chain in config.get("task_result_filters", [])
-                       for f in chain.get("filters", [])})
 
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext):
         if not self._started:
