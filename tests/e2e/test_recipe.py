@@ -26,6 +26,7 @@ from tiny_runs import CLIENTS
 import fedsm
 from fedsm.job_config import add_quantization, derive_job
 from fedsm.recipe import DEFAULT_TRAIN, FedSMRecipe
+from result_stat import plot_tensorboard_events as plot
 
 JOB = REPO / "jobs" / "fedsm_prostate"
 SCRIPT = REPO / "scripts" / "fedsm_recipe.py"
@@ -323,5 +324,10 @@ def test_script_runs_the_recipe_in_prod_env_on_a_provisioned_project(provisioned
     download = Path(finished.group(2)) / "workspace"
     assert (download / "app_server" / "fedsm_state.pt").is_file()
     assert sorted(path.name for path in (download / "tb_events").iterdir()) == sorted(CLIENTS)
+    # the download alone holds the test table the sites computed, and the plot script draws the curves
+    tested = json.loads((download / "app_server" / "test_results.json").read_text())
+    assert sorted(tested["sites"]) == sorted(CLIENTS) and tested["pooled"]["images"] > 0
+    png = plot.main(["--workspace", str(download.parent), "--output", str(download.parent / "curves.png")])
+    assert png.read_bytes().startswith(b"\x89PNG")
     assert "FedSM finished." in (download / "log.txt").read_text()
     assert "patched NVFlare" not in (download / "log.txt").read_text()  # the simulator guard stays idle
