@@ -1,4 +1,12 @@
-"""Spool incoming client updates to disk: NVFlare's tensor disk offload, on the cells that receive them."""
+"""Spool incoming client updates to disk: NVFlare's tensor disk offload, on the cells that receive them.
+
+The offload itself is NVFlare's (its FOBS tensor decomposer writes the arriving tensors to files);
+this module only switches it on. It does not use NVFlare 2.9's `setup_tensor_disk_offload`
+(`nvflare.app_common.utils.tensor_disk_offload_context`) because that configures the one cell the
+engine names, where the simulator receives results on two (the root `server` cell and the job's
+`server.<job_id>`), and its folders carry no owner, so those of a server killed mid-round stay in
+`TMPDIR` for good; here they are named after the server's PID and removed by its next start.
+"""
 
 import os
 import re
