@@ -175,7 +175,7 @@ class FedSMRun:
     config: dict[str, Any]
     per_site: dict[str, ImageResults]  # evaluated at threshold 0 (see `gap_routing.at_threshold`)
     workspace: Path
-    validation: dict[str, float]  # best checkpoints' validation Dice: "global" and client name
+    validation: dict[str, float]  # best checkpoints' validation Dice: GLOBAL and client name
 
 
 def evaluate_fedsm(name: str, workspace: Path, items: Mapping[str, list], unseen: Sequence[str],

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedsm.core.model_kinds import GLOBAL, PERSONALIZED
 from fedsm.io.atomic import write_text_atomic
 from result_stat.gap_evaluation import ROUTED_SUFFIX, MethodResult, method_value
 from result_stat.gap_format import (
@@ -141,9 +142,9 @@ def csv_tables(results: Mapping[str, Any], study: StudyResults) -> dict[str, Tab
 
 
 def routing_csv(study: StudyResults) -> Table:
-    header = ["run", "site", "unseen", "images", "share_global", *(f"share_{c}" for c in study.sites.training),
+    header = ["run", "site", "unseen", "images", f"share_{GLOBAL}", *(f"share_{c}" for c in study.sites.training),
               "selector_accuracy", "mean_top_probability", "super_dice", "global_dice"]
-    rows = [[run, site, site in study.sites.unseen, row["images"], fmt(row["global"], 6),
+    rows = [[run, site, site in study.sites.unseen, row["images"], fmt(row[GLOBAL], 6),
              *(fmt(row[label], 6) for label in study.label_keys), fmt(row["selector_accuracy"], 6),
              fmt(row["mean_top_probability"], 6), fmt(row["super_dice"], 6), fmt(row["global_dice"], 6)]
             for run, by_site in study.routing.items() for site, row in by_site.items()]
@@ -228,11 +229,11 @@ def budget_section(differences: Sequence[str]) -> list[str]:
 
 def routing_section(study: StudyResults) -> list[str]:
     unseen, lines = study.sites.unseen, []
-    header = ["site", "images", "global", *(f"→ {short(c)}" for c in study.sites.training), "personalized",
+    header = ["site", "images", GLOBAL, *(f"→ {short(c)}" for c in study.sites.training), PERSONALIZED,
               "selector acc", "mean top p", "super Dice", "global Dice"]
     for run, by_site in study.routing.items():
-        rows = [[site_label(site, unseen), str(row["images"]), pct(row["global"]),
-                 *(pct(row[label]) for label in study.label_keys), pct(1 - row["global"]),
+        rows = [[site_label(site, unseen), str(row["images"]), pct(row[GLOBAL]),
+                 *(pct(row[label]) for label in study.label_keys), pct(1 - row[GLOBAL]),
                  pct(row["selector_accuracy"]), fmt(row["mean_top_probability"], 3), fmt(row["super_dice"]),
                  fmt(row["global_dice"])] for site, row in by_site.items()]
         lines += [f"## {run}: routing at threshold {study.threshold:g}", "",

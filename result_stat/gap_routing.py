@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsm.core.model_kinds import GLOBAL
 from fedsm.core.super_model import GLOBAL_MODEL
 from result_stat.gap_stats import POOLED
 from fedsm.evaluation import ImageResults, choose_routes, summarize
@@ -65,9 +66,9 @@ def confusion_counts(per_site: Mapping[str, ImageResults], num_classes: int) -> 
 
 
 def routing_shares(results: ImageResults, labels: Sequence[int]) -> dict[str, float]:
-    """Share of images routed to the global model (`"global"`) and to each label's personalized model."""
+    """Share of images routed to the global model (`GLOBAL`) and to each label's personalized model."""
     count = len(results)
-    shares = {"global": float(np.mean(results.route == GLOBAL_MODEL)) if count else math.nan}
+    shares = {GLOBAL: float(np.mean(results.route == GLOBAL_MODEL)) if count else math.nan}
     for label in labels:
         shares[str(label)] = float(np.mean(results.route == label)) if count else math.nan
     return shares

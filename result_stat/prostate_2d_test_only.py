@@ -51,6 +51,7 @@ from fedsm.data.datalist import DataError, check_images_readable, datalist_file,
 from fedsm.data.loading import make_loader
 from fedsm.evaluation import (DEFAULT_THRESHOLD, TEST_SPLIT, UNKNOWN_SITE, ImageResults, SuperModel, evaluate_loader,
                               format_table, routing_note, summarize)
+from fedsm.core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR
 from fedsm.evaluation_figure import draw_first_slices
 from fedsm.io.checkpoint import best_checkpoint_name
 from fedsm.core.label_mapping import check_label_mapping
@@ -67,8 +68,8 @@ logger = logging.getLogger("prostate_2d_test_only")
 
 def trusted_sites(validation: Mapping[str, float], labels: Mapping[str, int], margin: float) -> list[int]:
     """Labels of the sites whose personalized model's validation Dice (`validation[client]`) beats the
-    global model's (`validation["global"]`) by more than `margin`; a missing or NaN metric never does."""
-    reference = validation.get("global", math.nan)
+    global model's (`validation[GLOBAL]`) by more than `margin`; a missing or NaN metric never does."""
+    reference = validation.get(GLOBAL, math.nan)
     return [label for client, label in labels.items()
             if validation.get(client, math.nan) - reference > margin]  # NaN compares False
 
@@ -134,10 +135,10 @@ def load_run_setup(models_dir: Path) -> RunSetup:
 
 def checkpoint_files(models_dir: Path, clients: Sequence[str]) -> dict[str, Path]:
     """The best checkpoints of the super model: `global`, `selector` and one per client name."""
-    files = {"global": models_dir / best_checkpoint_name("global"),
-             "selector": models_dir / best_checkpoint_name("selector")}
+    files = {GLOBAL: models_dir / best_checkpoint_name(GLOBAL),
+             SELECTOR: models_dir / best_checkpoint_name(SELECTOR)}
     for client in clients:
-        files[client] = models_dir / best_checkpoint_name("personalized", client)
+        files[client] = models_dir / best_checkpoint_name(PERSONALIZED, client)
     return files
 
 
@@ -173,7 +174,7 @@ def load_weights_into(model: nn.Module, path: Path, description: str) -> dict[st
 @dataclasses.dataclass
 class BestModels:
     model: SuperModel
-    validation: dict[str, float]  # "global" and client name -> the checkpoint's validation metric
+    validation: dict[str, float]  # GLOBAL and client name -> the checkpoint's validation metric
 
     def routed_by_validation(self, labels: Mapping[str, int], margin: float) -> "BestModels":
         """These models with only the personalized models of `trusted_sites` left."""
@@ -185,20 +186,20 @@ class BestModels:
 def load_best_models(setup: RunSetup, device: torch.device) -> BestModels:
     """Build the architectures named in the run's config and load the best checkpoints into them."""
     files = checkpoint_files(setup.models_dir, list(setup.labels))
-    check_checkpoints_exist({key: files[key] for key in ("global", "selector")}, setup.models_dir)
+    check_checkpoints_exist({key: files[key] for key in (GLOBAL, SELECTOR)}, setup.models_dir)
     without = [client for client in setup.labels if not files[client].is_file()]
     for client in without:
         logger.warning("%s has no best personalized model (%s missing: the client never validated in this run); "
                        "images routed to it are segmented by the global model", client, files[client])
     config = setup.train_config
     models: dict[str, nn.Module] = {
-        "global": build_unet(),
-        "selector": build_selector(config.selector, config.select_num_classes),
+        GLOBAL: build_unet(),
+        SELECTOR: build_selector(config.selector, config.select_num_classes),
         **{client: build_unet() for client in setup.labels if client not in without},
     }
     validation = {}
     for key, model in models.items():
-        if key == "selector":
+        if key == SELECTOR:
             description = f"'{config.selector}' selector with {config.select_num_classes} classes"
         else:
             description = "segmentation UNet"
@@ -207,10 +208,10 @@ def load_best_models(setup: RunSetup, device: torch.device) -> BestModels:
         logger.info("loaded %s (metric %s, round %s)", files[key].name, info["metric"], info["round"])
         model.to(device).eval()
     return BestModels(
-        model=SuperModel(selector=models["selector"], global_model=models["global"],
+        model=SuperModel(selector=models[SELECTOR], global_model=models[GLOBAL],
                          personalized={label: models[client] for client, label in setup.labels.items()
                                        if client in models}),
-        validation={key: value for key, value in validation.items() if key != "selector"},
+        validation={key: value for key, value in validation.items() if key != SELECTOR},
     )
 
 

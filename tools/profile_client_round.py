@@ -29,6 +29,7 @@ import torch
 
 from fedsm.config import TrainConfig, read_job_configs
 from fedsm.core.label_mapping import label_of
+from fedsm.core.model_kinds import GLOBAL, SELECTOR
 from fedsm.data.site_data import SiteData, load_site_data
 from fedsm.job_config import derive_job, parse_override
 from fedsm.ops.telemetry import memory_use
@@ -69,13 +70,13 @@ def timed(part: str, compute: Compute, work: Callable[[], Any]) -> tuple[Any, fl
 def round_parts(config: TrainConfig, data: SiteData, models: dict, optimizers: dict, label: int,
                 compute: Compute) -> dict[str, Callable[[], Any]]:
     """The parts of a client's round after loading its data, by name, in the order they are timed."""
-    unet, selector, selector_optimizer = models["global"], models["selector"], optimizers["selector"]
+    unet, selector, selector_optimizer = models[GLOBAL], models[SELECTOR], optimizers[SELECTOR]
     batches = f"batches of {config.selector_batch_size}"
 
     return {
         "iterate the cached training loader once": lambda: sum(1 for _ in data.train_loader),
         f"one UNet epoch, batch size {config.batch_size}": lambda: train_segmentation(
-            unet, optimizers["global"], data.train_loader, 1, compute),
+            unet, optimizers[GLOBAL], data.train_loader, 1, compute),
         f"selector full-batch gradient, {batches}": lambda: selector_full_batch_gradient(
             selector, data.selector_loader, label, compute),
         "one Adam step of the selector": lambda: selector_adam_step(selector, selector_optimizer, {}),

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .core.dice import binarize, dice_per_image
+from .core.model_kinds import PERSONALIZED
 from .core.super_model import GLOBAL_MODEL, route_by_confidence
 from .io.progress import progress
 
@@ -177,7 +178,7 @@ def format_table(rows: Sequence[Summary], pooled: Summary) -> str:
     """The result table: one row per site, then the pooled row."""
     width = max(len("site"), len(pooled.site), *(len(row.site) for row in rows))
     header = (f"{'site':<{width}}  {'images':>6}  {'super Dice':>10}  {'global Dice':>11}  "
-              f"{'selector acc':>12}  {'personalized':>12}")
+              f"{'selector acc':>12}  {PERSONALIZED:>12}")
 
     def line(row: Summary) -> str:
         if row.images == 0:

@@ -7,6 +7,7 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from .core.dice import binarize, dice_per_image, mean_dice
+from .core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR
 from .core.selector_update import adam_update
 from .models.networks import build_models
 from .runtime import Compute
@@ -17,8 +18,8 @@ def build_local_models(train_config: Mapping, compute: Compute) -> tuple[dict[st
     """A client's three models (`build_models`) on `compute`'s device and memory format, and the Adam
     optimizer of each: the UNets at `learning_rate`, the selector at `learning_rate_select`."""
     models = {kind: compute.place(model) for kind, model in build_models(train_config).items()}
-    rates = {"global": train_config["learning_rate"], "personalized": train_config["learning_rate"],
-             "selector": train_config["learning_rate_select"]}
+    rates = {GLOBAL: train_config["learning_rate"], PERSONALIZED: train_config["learning_rate"],
+             SELECTOR: train_config["learning_rate_select"]}
     optimizers = {kind: torch.optim.Adam(model.parameters(), lr=rates[kind]) for kind, model in models.items()}
     return models, optimizers
 

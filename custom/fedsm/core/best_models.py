@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..tags import GLOBAL_METRIC, PERSONALIZED_METRIC, SELECTOR_CONFIDENCE, SELECTOR_METRIC
+from .model_kinds import GLOBAL, PERSONALIZED, SELECTOR, personalized_key
 
 
 def mean_metric(metrics: Mapping[str, Mapping[str, float]], weights: Mapping[str, float], name: str) -> float:
@@ -99,13 +100,13 @@ def improved_models(
         return []
     improved = []
     value = rule.score(metrics, weights, GLOBAL_METRIC)
-    if improves(best_metrics, "global", value):
-        improved.append(("global", None, value))
+    if improves(best_metrics, GLOBAL, value):
+        improved.append((GLOBAL, None, value))
     value = rule.score(metrics, weights, SELECTOR_METRIC)
-    if improves(best_metrics, "selector", value, tie_break=rule.selector_tie_break(metrics, weights)):
-        improved.append(("selector", None, value))
+    if improves(best_metrics, SELECTOR, value, tie_break=rule.selector_tie_break(metrics, weights)):
+        improved.append((SELECTOR, None, value))
     for client, client_metrics in sorted(metrics.items()):
         value = client_metrics.get(PERSONALIZED_METRIC, float("nan"))
-        if improves(best_metrics, f"personalized/{client}", value):
-            improved.append(("personalized", client, value))
+        if improves(best_metrics, personalized_key(client), value):
+            improved.append((PERSONALIZED, client, value))
     return improved

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .adam_moments import MOMENT_KINDS, STEP_KEY, moment_key
+from .model_kinds import GLOBAL, SELECTOR, SELECTOR_MOMENTS, personalized_key
 from .model_set import ModelSet, Weights
 from .selector_update import SelectorUpload
 from .update_checks import nonfinite_names
@@ -186,18 +187,19 @@ def incomplete_moments(moments: Weights, selector_names) -> list[str]:
 def missing_arrays(models: ModelSet, template: ModelSet) -> list[str]:
     """Arrays of `template` that `models` lacks or holds in another shape (`part/array`): a model set
     the next round's tasks could not be built from. Moments may be empty (no step yet), not partial."""
-    parts = {"global": (models.global_model, template.global_model), "selector": (models.selector, template.selector),
-             **{f"personalized/{client}": (models.personalized.get(client, {}), weights)
+    parts = {GLOBAL: (models.global_model, template.global_model), SELECTOR: (models.selector, template.selector),
+             **{personalized_key(client): (models.personalized.get(client, {}), weights)
                 for client, weights in template.personalized.items()}}
     missing = [f"{part}/{name}" for part, (have, want) in parts.items() for name, array in want.items()
                if name not in have or np.shape(have[name]) != np.shape(array)]
     if models.selector_moments:
-        missing += [f"selector_moments/{key}" for key in incomplete_moments(models.selector_moments, template.selector)]
+        missing += [f"{SELECTOR_MOMENTS}/{key}"
+                    for key in incomplete_moments(models.selector_moments, template.selector)]
     return missing
 
 
 def nonfinite_arrays(models: ModelSet) -> list[str]:
     """Names (`part/array`) of the arrays of a model set holding NaN or Inf."""
-    parts = {"global": models.global_model, "selector": models.selector, "selector_moments": models.selector_moments,
-             **{f"personalized/{client}": weights for client, weights in models.personalized.items()}}
+    parts = {GLOBAL: models.global_model, SELECTOR: models.selector, SELECTOR_MOMENTS: models.selector_moments,
+             **{personalized_key(client): weights for client, weights in models.personalized.items()}}
     return [f"{part}/{name}" for part, weights in parts.items() for name in nonfinite_names(weights)]

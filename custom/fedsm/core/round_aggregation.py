@@ -5,6 +5,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .adam_moments import STEP_KEY, moment_key
+from .model_kinds import GLOBAL, PERSONALIZED
 from .model_set import ModelSet, Weights
 from .robust import incomplete_moments
 from .selector_update import SelectorUpload
@@ -46,7 +47,7 @@ class RoundAggregator:
             return f"a second update from '{client}' in the same round"
         if not (np.isfinite(weight) and weight > 0):
             return f"invalid aggregation weight {weight}"
-        arrays = {"global": global_diff, "personalized": personalized, **{
+        arrays = {GLOBAL: global_diff, PERSONALIZED: personalized, **{
             field: value for field, value in vars(selector).items() if value is not None}}
         for part, values in arrays.items():
             bad = out_of_range_names(values)

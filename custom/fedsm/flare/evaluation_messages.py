@@ -18,13 +18,14 @@ from collections.abc import Mapping
 from nvflare.apis.dxo import DXO, DataKind
 from nvflare.apis.shareable import Shareable
 
+from ..core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR
 from ..core.model_set import Weights
 from ..evaluation import UNKNOWN_SITE, SiteTotals
 from .dxo_codec import (MAX_INT, PIECE_BYTES, MessageError, decode_part, int_meta, make_collection, number_in,
                         open_collection, weights_part)
-from .messages import GLOBAL, LABEL_KEY, SELECTOR
+from .messages import LABEL_KEY
 
-PERSONALIZED_PREFIX, TOTALS = "personalized_", "test_totals"
+PERSONALIZED_PREFIX, TOTALS = f"{PERSONALIZED}_", "test_totals"
 THRESHOLD_KEY = "fedsm_select_threshold"
 
 

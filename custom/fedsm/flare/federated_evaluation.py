@@ -21,6 +21,7 @@ from nvflare.apis.impl.controller import Controller
 from nvflare.apis.shareable import Shareable
 from nvflare.apis.signal import Signal
 
+from ..core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR
 from ..core.model_set import Weights
 from ..evaluation import DEFAULT_THRESHOLD, UNKNOWN_SITE, SiteTotals, format_table, pooled_totals, routing_note
 from ..io.atomic import write_text_atomic
@@ -52,10 +53,10 @@ class BestWeights:
         personalized, without = {}, []
         for client, label in labels.items():
             try:
-                personalized[label] = weights(best_checkpoint_name("personalized", client))
+                personalized[label] = weights(best_checkpoint_name(PERSONALIZED, client))
             except CheckpointError:
                 without.append(client)
-        return cls(weights(best_checkpoint_name("global")), weights(best_checkpoint_name("selector")),
+        return cls(weights(best_checkpoint_name(GLOBAL)), weights(best_checkpoint_name(SELECTOR)),
                    personalized), without
 
 

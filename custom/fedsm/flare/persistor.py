@@ -9,6 +9,7 @@ from nvflare.apis.fl_constant import FLContextKey
 from nvflare.apis.fl_context import FLContext
 
 from ..config import TrainConfig, resolve_path
+from ..core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR
 from ..core.model_set import ModelSet, Weights
 from ..io.checkpoint import (STATE_FILENAME, CheckpointError, best_checkpoint_name, load_checkpoint,
                              model_set_from_checkpoint, model_set_to_checkpoint, rotated_states, save_checkpoint,
@@ -22,10 +23,10 @@ def initial_model_set(train_config: TrainConfig, clients: list[str]) -> ModelSet
     """Round-0 models, seeded: one UNet initialization shared by the global and every personalized model."""
     torch.manual_seed(train_config.seed)
     models = build_models(train_config.as_dict())
-    global_weights = get_weights(models["global"])
+    global_weights = get_weights(models[GLOBAL])
     return ModelSet(
         global_model=global_weights,
-        selector=get_weights(models["selector"]),
+        selector=get_weights(models[SELECTOR]),
         selector_moments={},
         personalized={client: {k: v.copy() for k, v in global_weights.items()} for client in clients},
     )
@@ -81,8 +82,8 @@ class FedSMModelPersistor(FLComponent):
     def carry_best_files(self, source: Path, models: ModelSet, fl_ctx: FLContext) -> None:
         """Copy the best checkpoints of the run resumed from (folder `source`) into this app folder where
         it has none, so that they match the best metrics carried over in the state."""
-        names = [best_checkpoint_name("global"), best_checkpoint_name("selector")] + \
-            [best_checkpoint_name("personalized", client) for client in sorted(models.personalized)]
+        names = [best_checkpoint_name(GLOBAL), best_checkpoint_name(SELECTOR)] + \
+            [best_checkpoint_name(PERSONALIZED, client) for client in sorted(models.personalized)]
         copied = copy_missing(source, self._app_root(fl_ctx), names)
         if copied:
             self.log_info(fl_ctx, f"carried the best checkpoints {copied} over from {source}")

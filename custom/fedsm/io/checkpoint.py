@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS
 from ..core.model_set import ModelSet
 from ..models.weights import numpy_to_tensor
 from .atomic import atomic_path
@@ -93,10 +94,10 @@ def save_rotated_state(folder: Path, state_name: str, content: dict[str, Any], n
 
 def model_set_to_checkpoint(models: ModelSet) -> dict[str, Any]:
     return {
-        "global": models.global_model,
-        "selector": models.selector,
-        "selector_moments": models.selector_moments,
-        "personalized": models.personalized,
+        GLOBAL: models.global_model,
+        SELECTOR: models.selector,
+        SELECTOR_MOMENTS: models.selector_moments,
+        PERSONALIZED: models.personalized,
         "next_round": models.next_round,
         "best_metrics": models.best_metrics,
         "norm_history": models.norm_history,
@@ -106,10 +107,10 @@ def model_set_to_checkpoint(models: ModelSet) -> dict[str, Any]:
 def model_set_from_checkpoint(content: dict[str, Any], path: str | os.PathLike) -> ModelSet:
     try:
         return ModelSet(
-            global_model=content["global"],
-            selector=content["selector"],
-            selector_moments=content["selector_moments"],
-            personalized=content["personalized"],
+            global_model=content[GLOBAL],
+            selector=content[SELECTOR],
+            selector_moments=content[SELECTOR_MOMENTS],
+            personalized=content[PERSONALIZED],
             next_round=int(content["next_round"]),
             best_metrics=dict(content["best_metrics"]),
             norm_history={part: [float(v) for v in values] for part, values in content.get("norm_history", {}).items()},

@@ -6,6 +6,8 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
+from ..core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR
+
 SELECTORS = ("vgg11", "light")
 
 _VGG11_LAYERS = (64, "pool", 128, "pool", 256, 256, "pool", 512, 512, "pool", 512, 512, "pool")
@@ -113,7 +115,7 @@ def build_selector(name: str, num_classes: int) -> nn.Module:
 def build_models(train_config: Mapping) -> dict[str, nn.Module]:
     """The three model kinds of FedSM from `config_train.json`: `global`, `personalized`, `selector`."""
     return {
-        "global": build_unet(),
-        "personalized": build_unet(),
-        "selector": build_selector(train_config["selector"], int(train_config["select_num_classes"])),
+        GLOBAL: build_unet(),
+        PERSONALIZED: build_unet(),
+        SELECTOR: build_selector(train_config["selector"], int(train_config["select_num_classes"])),
     }
