@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from nvflare.apis.shareable import Shareable
+from published_fedsm import dice_loss, soft_pull
 from torch import nn
 
 from fedsm.core.model_set import ModelSet
@@ -125,14 +126,6 @@ def run_project(mode: str, rounds: int, selector_epochs: int) -> list[ModelSet]:
 # The reference, by hand
 # ---------------------------------------------------------------------------------------------
 
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MONAI's `DiceLoss(sigmoid=True)`: per image and channel, smoothing 1e-5 above and below, mean."""
-    prediction = torch.sigmoid(logits)
-    intersection = torch.sum(target * prediction, dim=(2, 3))
-    denominator = torch.sum(target, dim=(2, 3)) + torch.sum(prediction, dim=(2, 3))
-    return torch.mean(1.0 - (2.0 * intersection + 1e-5) / (denominator + 1e-5))
-
-
 def state(model: nn.Module) -> dict[str, np.ndarray]:
     return {name: tensor.detach().numpy().copy() for name, tensor in model.state_dict().items()}
 
@@ -198,14 +191,10 @@ def reference_round(models: dict, clients: dict[str, ReferenceClient], selector_
     steps = [result[0] for result in results.values()]
     global_diff = weighted_mean([result[1] for result in results.values()], steps)
     selector_diff = weighted_mean([result[3] for result in results.values()], steps)
-    others = (1 - LAM) / (len(LABELS) - 1)
-    personalized = {client: {name: LAM * results[client][2][name]
-                             + others * sum(results[j][2][name] for j in LABELS if j != client)
-                             for name in results[client][2]} for client in LABELS}
     return {"global": {k: models["global"][k] + v for k, v in global_diff.items()},
             "selector": {k: models["selector"][k] + v for k, v in selector_diff.items()},
             "moments": weighted_mean([result[4] for result in results.values()], steps),
-            "personalized": personalized}
+            "personalized": soft_pull({client: result[2] for client, result in results.items()}, LAM)}
 
 
 # ---------------------------------------------------------------------------------------------
