@@ -15,6 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ..config import TrainConfig
 from ..core.best_models import improves
+from ..core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS
 from ..core.selector_update import expected_moment_shapes
 from ..core.update_checks import shapes_of
 from ..data.site_data import load_site_data
@@ -29,14 +30,13 @@ from ..selector_training import selector_training
 from ..tags import (GLOBAL_LOSS, GLOBAL_METRIC, PERSONALIZED_LOSS, PERSONALIZED_METRIC, SELECTOR_CONFIDENCE,
                     SELECTOR_LOSS, SELECTOR_METRIC)
 from ..training import build_local_models, train_segmentation, validate_segmentation, validate_selector
-from .dxo_codec import MessageError
-from .messages import (GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS, START_ERROR_HEADER, FedSMTask, FedSMUpdate,
-                       public_reason)
+from .dxo_codec import MessageError, open_collection
+from .messages import SECONDS_KEY, START_ERROR_HEADER, FedSMTask, FedSMUpdate, public_reason
 
 # Optimizers whose state lives on between rounds, saved in the client state. Not the selector's: in
 # `client_adam` its state is replaced by the server's averaged moments before every step, and the
 # gradient modes never step it on the client.
-CARRIED_OPTIMIZERS = ("global", "personalized")
+CARRIED_OPTIMIZERS = (GLOBAL, PERSONALIZED)
 PERSONALIZED_BEST = "personalized_best.pt"
 ANALYTICS_WRITER = "analytics_writer"
 
@@ -118,10 +118,10 @@ class FedSMLearner(Executor):
         self.num_validation = data.num_validation
         self.compute = compute_for(self.config.amp, self.config.channels_last)
         self.models, self.optimizers = build_local_models(self.config.as_dict(), self.compute)
-        unet_shapes, selector_shapes = shapes_of(get_weights(self.models["global"])), \
-            shapes_of(get_weights(self.models["selector"]))
+        unet_shapes, selector_shapes = shapes_of(get_weights(self.models[GLOBAL])), \
+            shapes_of(get_weights(self.models[SELECTOR]))
         self.task_shapes = {GLOBAL: unet_shapes, PERSONALIZED: unet_shapes, SELECTOR: selector_shapes,
-                            SELECTOR_MOMENTS: expected_moment_shapes(get_weights(self.models["selector"]))}
+                            SELECTOR_MOMENTS: expected_moment_shapes(get_weights(self.models[SELECTOR]))}
         self.curves = SiteCurves(fl_ctx, self.analytics_writer_id,
                                  local_dir=self.app_root if self.local_tensorboard else None)
         self.best_metrics: dict[str, float] = {}
@@ -132,6 +132,7 @@ class FedSMLearner(Executor):
                               f"{self.num_validation} validation images, device {self.compute}")
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        received, arrived = time.time(), time.monotonic()
         if task_name not in (self.train_task_name, self.validate_task_name):
             return make_reply(ReturnCode.TASK_UNKNOWN)
         if not self.ready:
@@ -139,11 +140,13 @@ class FedSMLearner(Executor):
             reply.set_header(START_ERROR_HEADER, self.start_error)
             return reply
         release_free_heap()  # the previous task's buffers are gone by now
+        decoding = time.monotonic()
         try:
             task = FedSMTask.from_shareable(shareable, self.task_shapes)
         except MessageError as error:
             self.log_error(fl_ctx, f"bad task data: {error}")
             return make_reply(ReturnCode.BAD_TASK_DATA)
+        decoded = time.monotonic() - decoding
         del shareable
         reset_gpu_peak(self.compute.device)
         if not self.state_checked:
@@ -153,18 +156,19 @@ class FedSMLearner(Executor):
         # seeded per round, so a resumed run draws the same shuffles and dropout masks as an uninterrupted one
         torch.manual_seed(self.config.seed + task.round)
         self.train_loader.generator.manual_seed(self.config.seed + task.round)
-        set_weights(self.models["global"], task.global_model)
-        set_weights(self.models["personalized"], task.personalized)
-        set_weights(self.models["selector"], task.selector)
+        set_weights(self.models[GLOBAL], task.global_model)
+        set_weights(self.models[PERSONALIZED], task.personalized)
+        set_weights(self.models[SELECTOR], task.selector)
         task.selector = None  # no mode needs the received selector once loaded; free it for the round
         started, busy_from = time.monotonic(), time.time()
         metrics = self._validate(task.round, task.num_rounds, task.label, fl_ctx)
-        seconds = {"validate": time.monotonic() - started, "busy_from": busy_from, "busy_until": time.time()}
+        seconds = {"validate": time.monotonic() - started, "busy_from": busy_from, "busy_until": time.time(),
+                   "trim": decoding - arrived, "decode": decoded, "received": received}
         reply = FedSMUpdate(round=task.round, label=task.label, metrics=metrics, num_validation=self.num_validation,
                             seconds=seconds)
         if task_name == self.validate_task_name:
             reply.memory = memory_use(self.compute.device)
-            return reply.to_shareable()
+            return _encoded(reply)
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         started = time.monotonic()
@@ -174,7 +178,7 @@ class FedSMLearner(Executor):
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         reply.memory = memory_use(self.compute.device)
-        return reply.to_shareable()
+        return _encoded(reply)
 
     def _carried_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {name: self.optimizers[name] for name in CARRIED_OPTIMIZERS}
@@ -190,18 +194,18 @@ class FedSMLearner(Executor):
         (self.log_warning if restore.warning else self.log_info)(fl_ctx, restore.message)
 
     def _validate(self, round_number: int, num_rounds: int, label: int, fl_ctx: FLContext) -> dict[str, float]:
-        accuracy, confidence = validate_selector(self.models["selector"], self.val_loader, label, self.compute)
+        accuracy, confidence = validate_selector(self.models[SELECTOR], self.val_loader, label, self.compute)
         metrics = {
-            GLOBAL_METRIC: validate_segmentation(self.models["global"], self.val_loader, self.compute),
-            PERSONALIZED_METRIC: validate_segmentation(self.models["personalized"], self.val_loader, self.compute),
+            GLOBAL_METRIC: validate_segmentation(self.models[GLOBAL], self.val_loader, self.compute),
+            PERSONALIZED_METRIC: validate_segmentation(self.models[PERSONALIZED], self.val_loader, self.compute),
             SELECTOR_METRIC: accuracy,
             SELECTOR_CONFIDENCE: confidence,
         }
         self.curves.add(metrics, round_number)
-        personalized = {"weights": get_weights(self.models["personalized"]), "round": round_number,
+        personalized = {"weights": get_weights(self.models[PERSONALIZED]), "round": round_number,
                         PERSONALIZED_METRIC: metrics[PERSONALIZED_METRIC]}
         save_checkpoint(self.app_root / "personalized_last.pt", personalized)
-        if improves(self.best_metrics, "personalized", metrics[PERSONALIZED_METRIC]):
+        if improves(self.best_metrics, PERSONALIZED, metrics[PERSONALIZED_METRIC]):
             for folder in {self.app_root, self.state_dir}:  # a new job's app folder gets it from the state
                 save_checkpoint(folder / PERSONALIZED_BEST, personalized)
         self.log_info(fl_ctx, f"round {round_number} validation (of {num_rounds} rounds): " +
@@ -213,19 +217,29 @@ class FedSMLearner(Executor):
         as soon as they are used, and the differences are written over the trained weights (the next task
         loads new ones), so their memory is free before the upload."""
         epochs = self.config.local_epochs
-        loss_global, steps = train_segmentation(self.models["global"], self.optimizers["global"], self.train_loader,
+        loss_global, steps = train_segmentation(self.models[GLOBAL], self.optimizers[GLOBAL], self.train_loader,
                                                 epochs, self.compute)
-        loss_personalized, _ = train_segmentation(self.models["personalized"], self.optimizers["personalized"],
+        loss_personalized, _ = train_segmentation(self.models[PERSONALIZED], self.optimizers[PERSONALIZED],
                                                   self.train_loader, epochs, self.compute)
         moments, task.selector_moments = task.selector_moments, None
         selector_upload, loss_selector = self.mode.client_step(
-            self.models["selector"], self.optimizers["selector"], self.selector_loader, task.label,
+            self.models[SELECTOR], self.optimizers[SELECTOR], self.selector_loader, task.label,
             self.config.selector_local_epochs, self.compute, moments)
         del moments
         losses = {GLOBAL_LOSS: loss_global, PERSONALIZED_LOSS: loss_personalized, SELECTOR_LOSS: loss_selector}
         self.curves.add(losses, task.round)
         self.log_info(fl_ctx, f"round {task.round} training: " +
                       ", ".join(f"{tag} {value:.4f}" for tag, value in losses.items()))
-        global_diff = weight_difference(get_weights(self.models["global"]), task.global_model)
+        global_diff = weight_difference(get_weights(self.models[GLOBAL]), task.global_model)
         task.global_model = None
-        reply.add_training(global_diff, get_weights(self.models["personalized"]), selector_upload, steps)
+        reply.add_training(global_diff, get_weights(self.models[PERSONALIZED]), selector_upload, steps)
+
+
+def _encoded(reply: FedSMUpdate) -> Shareable:
+    """`reply` as the task's result, with the seconds spent building it (`encode`) and the clock at its
+    end (`replied`) added to its timings; sending it is NVFlare's, after `execute` returns."""
+    started = time.monotonic()
+    shareable = reply.to_shareable()
+    collection = open_collection(shareable)
+    collection.meta[SECONDS_KEY].update(encode=time.monotonic() - started, replied=time.time())
+    return collection.update_shareable(shareable)

@@ -1,8 +1,9 @@
 """The FedSM message contract: what a task and a client update hold, as NVFlare DXOs.
 
-This module alone knows part names, data kinds and meta keys. A message is a `COLLECTION` DXO
-whose every part is a DXO of its own, so NVFlare's stock DXO filters (quantization, `ExcludeVars`,
-`PercentilePrivacy`, `SVTPrivacy`) process the parts they are made for:
+This module alone knows part names (a model's part is named by its kind, `core.model_kinds`), data
+kinds and meta keys. A message is a `COLLECTION` DXO whose every part is a DXO of its own, so
+NVFlare's stock DXO filters (quantization, `ExcludeVars`, `PercentilePrivacy`, `SVTPrivacy`) process
+the parts they are made for:
 
 | part | task (server to client) | update (client to server) |
 |---|---|---|
@@ -35,6 +36,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_opt.pt.decomposers import TensorDecomposer
 from nvflare.fuel.utils import fobs
 
+from ..core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR, SELECTOR_MOMENTS
 from ..core.model_set import Weights
 from ..core.selector_update import SelectorUpload
 from ..tags import METRIC_TAGS
@@ -43,8 +45,7 @@ from .dxo_codec import (PIECE_BYTES, MessageError, decode_part, filter_history, 
 
 fobs.register(TensorDecomposer)  # both ends need it before the first message; registering twice is a no-op
 
-GLOBAL, PERSONALIZED, SELECTOR = "global", "personalized", "selector"
-SELECTOR_MOMENTS, SELECTOR_GRADIENT, METRICS = "selector_moments", "selector_gradient", "metrics"
+SELECTOR_GRADIENT, METRICS = "selector_gradient", "metrics"  # the other parts are named by their model kind
 
 TASK_KINDS = {GLOBAL: DataKind.WEIGHTS, PERSONALIZED: DataKind.WEIGHTS, SELECTOR: DataKind.WEIGHTS,
               SELECTOR_MOMENTS: DataKind.APP_DEFINED}
@@ -60,7 +61,9 @@ NUM_CLIENTS_KEY = "fedsm_num_clients"
 NUM_VALIDATION_KEY = "fedsm_num_validation_images"
 SECONDS_KEY = "fedsm_seconds"  # {"validate": s, "train": s, "busy_from"/"busy_until": the client's clock}
 START_ERROR_HEADER = "fedsm_start_error"  # reply header: why the client could not start
-SECONDS_FIELDS = ("validate", "train", "busy_from", "busy_until")
+# and "trim"/"decode"/"encode": s the client took to hand its freed heap back before decoding, to decode the
+# task and to build the reply; "received"/"replied": its clock when the task reached it and the reply was built
+SECONDS_FIELDS = ("validate", "train", "busy_from", "busy_until", "trim", "decode", "encode", "received", "replied")
 MEMORY_KEY = "fedsm_memory"  # byte counts for the round's cost line, some of MEMORY_FIELDS:
 MEMORY_FIELDS = ("rss", "peak", "gpu_peak")  # RSS now, the process's peak RSS, on CUDA the round's GPU peak
 MAX_BYTES = 2**50

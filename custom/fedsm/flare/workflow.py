@@ -24,6 +24,7 @@ from nvflare.apis.signal import Signal
 
 from ..core.best_models import BEST_MODEL_RULES, improved_models, mean_metric
 from ..core.label_mapping import check_label_mapping
+from ..core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR
 from ..core.model_set import ModelSet
 from ..core.robust import (InfluenceBounds, bounded_claims, exceeds_recent_bounds, has_content, missing_arrays,
                            nonfinite_arrays, part_norms, screen_round)
@@ -40,7 +41,7 @@ from .dxo_codec import MessageError
 from .federated_evaluation import BestWeights, FederatedEvaluation
 from .messages import START_ERROR_HEADER, FedSMTask, FedSMUpdate, update_shapes
 from .persistor import FedSMModelPersistor
-from .round_costs import AGGREGATE_KEY, ROUND_FINISHED, ROUND_KEY, ROUND_STARTED, WALL_KEY
+from .round_costs import AGGREGATE_KEY, PARTS_KEY, ROUND_FINISHED, ROUND_KEY, ROUND_STARTED, WALL_KEY
 from .update_spool import receiving_cells, spool_updates_to_disk
 
 
@@ -132,6 +133,9 @@ class FedSMController(Controller):
         self._metrics: dict[str, dict[str, float]] = {}
         self._sizes: dict[str, int] = {}
         self._accept_seconds = 0.0  # the round's time spent on results as they arrived
+        self._decode_seconds = 0.0  # the part of it spent decoding them
+        self._tasks_handed = 0.0  # when the last task of the round went to NVFlare
+        self._parts: dict[str, float] = {}  # seconds of the round's closing steps (`round_costs`)
         self._start_errors: dict[str, str] = {}  # client -> why it could not start (its data, its config)
         self._writes = BackgroundWrites(checkpoint_timeout)  # checkpoints, while the next round runs
 
@@ -217,8 +221,10 @@ class FedSMController(Controller):
             if models is None:
                 return
             release_free_heap()  # the round's accumulators and received updates, before the next tasks
+            waiting = time.monotonic()
             if not self._finish_writes(fl_ctx):  # the previous round's; at most one model set in flight
                 return
+            self._parts.update(write_wait=time.monotonic() - waiting, state_write=self._writes.written_seconds)
             self._writes.submit(self._save_state, _snapshot(models), fl_ctx)
             finished = time.monotonic()
             self.log_info(fl_ctx, f"Round {round_number} finished in {finished - started:.1f} s; "
@@ -226,6 +232,9 @@ class FedSMController(Controller):
             fl_ctx.set_prop(ROUND_KEY, round_number, private=True, sticky=False)
             fl_ctx.set_prop(WALL_KEY, finished - started, private=True, sticky=False)
             fl_ctx.set_prop(AGGREGATE_KEY, finished - results_in + self._accept_seconds, private=True, sticky=False)
+            fl_ctx.set_prop(PARTS_KEY, {"tasks": self._tasks_handed - started, "server_decode": self._decode_seconds,
+                                        "accept": self._accept_seconds - self._decode_seconds, **self._parts},
+                            private=True, sticky=False)
             self.fire_event(ROUND_FINISHED, fl_ctx)
         if self.validate_final_models:
             self._run_tasks(self.validate_task_name, models, clients, abort_signal, fl_ctx)
@@ -259,7 +268,7 @@ class FedSMController(Controller):
     def _open_tasks(self, round_number: int) -> None:
         """Start taking the replies to round `round_number`'s tasks."""
         self._metrics, self._sizes = {}, {}
-        self._accept_seconds = 0.0
+        self._accept_seconds, self._decode_seconds, self._parts = 0.0, 0.0, {}
         self._round_open = True
         self._task_round = round_number
 
@@ -318,10 +327,14 @@ class FedSMController(Controller):
     def _next_models(self, current: ModelSet, norm_history: dict[str, list[float]], fl_ctx: FLContext) -> ModelSet:
         """The aggregated model set, or, when it holds NaN/Inf or lacks an array the next tasks need,
         `current` again for the next round (the round is discarded and the last good state kept)."""
+        started = time.monotonic()
         models = self.aggregator.aggregate(fl_ctx)
+        aggregated = time.monotonic()
         models.norm_history = norm_history
-        for problem, bad in (("hold NaN/Inf in", nonfinite_arrays(models)),
-                             ("lack or misshape", missing_arrays(models, current))):
+        problems = (("hold NaN/Inf in", nonfinite_arrays(models)),
+                    ("lack or misshape", missing_arrays(models, current)))
+        self._parts.update(next_set=aggregated - started, nan_check=time.monotonic() - aggregated)
+        for problem, bad in problems:
             if bad:
                 self.log_error(fl_ctx, f"round {current.next_round} discarded: the aggregated models {problem} "
                                        f"{bad[:5]}; the next round starts from the last good models")
@@ -367,6 +380,7 @@ class FedSMController(Controller):
                 tasks.append(task)
             else:
                 self.send_and_wait(task, fl_ctx, targets=[client], send_order=SendOrder.ANY, abort_signal=abort_signal)
+        self._tasks_handed = time.monotonic()  # with parallel_tasks false, when the last task was done
         for task in tasks:  # a client's start error cancels every task (`_on_result`), which ends the waits
             self.communicator.wait_for_task(task, abort_signal)
         if abort_signal.triggered:
@@ -406,6 +420,7 @@ class FedSMController(Controller):
                 return
             finally:
                 del result  # with disk offload, this releases the spooled files as the arrays are read
+            decoded = time.monotonic() - started
             applied = {part: names for part, names in update.filters.items() if names}
             if applied:
                 self.log_info(fl_ctx, f"reply of {client} to '{task_name}': filters applied {applied}")
@@ -413,6 +428,7 @@ class FedSMController(Controller):
             self._sizes[client] = update.num_validation
             if training:
                 self._take_update(client, update, fl_ctx)
+                self._decode_seconds += decoded
                 self._accept_seconds += time.monotonic() - started
 
     def _track_best(self, models: ModelSet, round_number: int, weights: dict[str, float], fl_ctx: FLContext,
@@ -425,8 +441,8 @@ class FedSMController(Controller):
                               f"selector accuracy {mean_metric(self._metrics, sizes, SELECTOR_METRIC):.4f}, "
                               f"selector confidence {mean_metric(self._metrics, sizes, SELECTOR_CONFIDENCE):.4f} "
                               f"(routing threshold {self.select_threshold:g})")
-        sources = {"global": lambda _: models.global_model, "selector": lambda _: models.selector,
-                   "personalized": lambda client: models.personalized[client]}
+        sources = {GLOBAL: lambda _: models.global_model, SELECTOR: lambda _: models.selector,
+                   PERSONALIZED: lambda client: models.personalized[client]}
         for model, client, value in improved_models(self._metrics, weights, models.best_metrics, self.best_rule,
                                                     round_number, final):
             path = self.persistor.best_path(model, client, fl_ctx)
