@@ -28,7 +28,7 @@ from result_stat.gap_plots import plot_confusion, plot_dice_bars, plot_selector_
 from result_stat.gap_routing import Sites
 from result_stat.gap_stats import COMPARISON_KEYS, Comparison
 from result_stat.plot_tensorboard_events import save_png
-from fedsm.evaluation import TEST_SPLIT
+from fedsm.evaluation import TEST_SPLIT, routed_share_note
 
 Table = tuple[list[str], list[list[Any]]]  # header, rows
 
@@ -236,10 +236,14 @@ def routing_section(study: StudyResults) -> list[str]:
                  *(pct(row[label]) for label in study.label_keys), pct(1 - row[GLOBAL]),
                  pct(row["selector_accuracy"]), fmt(row["mean_top_probability"], 3), fmt(row["super_dice"]),
                  fmt(row["global_dice"])] for site, row in by_site.items()]
+        trained = [row for site, row in by_site.items() if site not in unseen]
+        images = sum(row["images"] for row in trained)
+        routed = sum(row["images"] * (1 - row[GLOBAL]) for row in trained) / images if images else 0.0
         lines += [f"## {run}: routing at threshold {study.threshold:g}", "",
                   "Share of each site's test images the super model sends to the global model or to a site's "
                   "personalized model; *selector acc* = top label is the image's own site.", "",
-                  markdown_table(header, rows), ""]
+                  markdown_table(header, rows), "",
+                  f"Training sites pooled: {routed_share_note(routed, images, study.threshold)}", ""]
     return lines
 
 

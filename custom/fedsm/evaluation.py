@@ -192,9 +192,14 @@ def format_table(rows: Sequence[Summary], pooled: Summary) -> str:
 
 
 def routing_note(pooled: Summary, threshold: float) -> str:
-    """One sentence on how much the selector routed; says so plainly when it routed nothing."""
-    if pooled.images and pooled.personalized_share == 0.0 and threshold < 1.0:
+    """One sentence on how much the selector routed (`routed_share_note` of the pooled row)."""
+    return routed_share_note(pooled.personalized_share, pooled.images, threshold)
+
+
+def routed_share_note(personalized_share: float, images: int, threshold: float) -> str:
+    """One sentence on the share of `images` test images routed to personalized models; says so
+    plainly when it is none, as the super model then equals the global model."""
+    if images and personalized_share == 0.0 and threshold < 1.0:
         return (f"No test image was routed to a personalized model at threshold {threshold:g}: "
                 "the super model equals the global model.")
-    return (f"{pooled.personalized_share:.1%} of the test images were routed to a personalized model "
-            f"(threshold {threshold:g}).")
+    return f"{personalized_share:.1%} of the test images were routed to a personalized model (threshold {threshold:g})."

@@ -1,6 +1,7 @@
 """The gap report on a tiny study: every table and plot, and numbers equal to a direct computation."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -72,6 +73,9 @@ def test_report_writes_every_table_and_plot_with_configs_and_seeds(study):
                     "## Threshold sweep", "## Selector training per round", "## Runs, configs and seeds"):
         assert heading in report, heading
     assert "UNSEEN (unseen)" in report and "Warning" not in report
+    routed = report.split("## FedSM: routing at threshold 0.9")[1].split("## ")[0]
+    assert ("Training sites pooled: No test image was routed" in routed
+            or re.search(r"Training sites pooled: \d+\.\d% of the test images were routed", routed)), routed
     results = read_results(study)
     names = [method["name"] for method in results["methods"]]
     assert names == ["local", "FedAvg", "centralized", "FedSM global only", "FedSM super model",
