@@ -135,7 +135,8 @@ def test_quantization_both_ways_halves_weights_on_the_wire(runs, request, quanti
     job, _, log, returncode = _run_of(runs, request)  # the job: `_quantized_job`
     assert returncode == 0
     _every_site_in_every_round(log, 2)
-    assert "tensor_disk_offload off: the server has task result filters" in log
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    assert server["workflows"][0]["args"]["tensor_disk_offload"] is False  # the recipe's, for the server's filters
     unet, selector = _model_bytes(job)
     factor = {"float16": 0.5, "blockwise8": 0.25}[quantization_type]
     # the default mode: down global, personalized, selector weights; up global diff, personalized and the
