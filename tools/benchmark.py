@@ -39,19 +39,19 @@ from fedsm.ops.heap import huge_page_heap_env
 REPO = Path(__file__).resolve().parents[1]
 FLOOR_SLICES = 2  # per split and site in --floor
 DATALIST, FEDERATED_EVALUATION = "train.datalist_json_path", "workflow.federated_evaluation"
-PART_LABELS = {"tasks": "tasks", "pulled": "pulled", "down": "down", "client_trim": "cl.trim", "client_decode": "cl.dec",
-               "client_encode": "cl.enc", "up": "up", "server_decode": "sv.dec", "accept": "accept",
-               "next_set": "next set", "nan_check": "NaN chk", "write_wait": "wr.wait", "state_write": "st.write"}
+PART_LABELS = {"tasks": "tasks", "pulled": "pulled", "down": "down", "client_decode": "cl.dec", "client_encode": "cl.enc",
+               "up": "up", "server_decode": "sv.dec", "accept": "accept", "next_set": "next set",
+               "nan_check": "NaN chk", "server_trim": "sv.trim", "write_wait": "wr.wait", "state_write": "st.write"}
 PART_LEGEND = """\
   tasks: server, ROUND_STARTED to the last task handed to NVFlare (the round's sums ready, each task built)
   pulled: ROUND_STARTED to the last client's task passing the server's task filters (clients poll for tasks;
   in round 0 also their start-up)
   down: slowest client, from there to its learner: NVFlare serializes, moves and deserializes the task
-  cl.trim: slowest client, handing its freed heap back (malloc_trim) on the task's arrival, before decoding
   cl.dec / cl.enc: slowest client, decoding its task / building its reply
   up: slowest client, reply built to the server holding it: NVFlare serializes, moves, deserializes it
   sv.dec / accept: server, decoding the replies / norms, bounds, Adam replay, adding (sums over clients)
   next set: building the next model set; NaN chk: checking it for NaN/Inf and missing arrays
+  sv.trim: server, handing the round's freed heap back (gc, malloc_trim) before the next tasks
   wr.wait: the round waiting for the checkpoint writes before it; st.write: how long those ran in the
   background (the previous round's state and this round's best models)"""
 
@@ -82,6 +82,14 @@ def tree_rss(process: psutil.Process) -> dict[int, int]:
         except psutil.Error:
             pass
     return sizes
+
+
+def nvflare_command(job: Path, workspace: Path, clients: list[str]) -> list[str]:
+    """The `nvflare simulator` command running `job` with `clients`, one thread each (the `nvflare` beside
+    this Python first)."""
+    beside_python = Path(sys.executable).with_name("nvflare")
+    nvflare = str(beside_python) if beside_python.exists() else shutil.which("nvflare")
+    return [nvflare, "simulator", str(job), "-w", str(workspace), "-c", ",".join(clients), "-t", str(len(clients))]
 
 
 def run_and_sample(command: list[str], log_file: Path, period: float = 0.2) -> tuple[int, int, int]:
@@ -183,10 +191,7 @@ def main(argv=None) -> int:
     job = derive_job(args.job, workdir / "job", {**overrides, "server.num_rounds": args.rounds})
     if args.quantize:
         add_quantization(job, args.quantize)
-    beside_python = Path(sys.executable).with_name("nvflare")
-    nvflare = str(beside_python) if beside_python.exists() else shutil.which("nvflare")
-    command = [nvflare, "simulator", str(job), "-w", str(workdir / "workspace"), "-c", args.clients,
-               "-t", str(len(clients))]
+    command = nvflare_command(job, workdir / "workspace", clients)
     print(f"running {args.rounds} rounds: {' '.join(command)}", flush=True)
     code, peak, peak_single = run_and_sample(command, workdir / "simulator.log")
     costs = round_costs(records_file(workdir / "workspace"))

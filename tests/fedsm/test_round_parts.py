@@ -56,11 +56,11 @@ def _clients(started_at: float) -> dict[str, dict]:
     return {
         "a": {"sent_at": started_at + 0.5, "arrived_at": started_at + 9.0, "down": 2**20, "up": 2**20,
               "seconds": {"validate": 1.0, "train": 2.0, "busy_from": started_at + 2.0, "busy_until": started_at + 5.0,
-                          "received": started_at + 1.5, "trim": 0.5, "decode": 0.25, "encode": 0.5,
+                          "received": started_at + 1.5, "decode": 0.25, "encode": 0.5,
                           "replied": started_at + 6.0}},
         "b": {"sent_at": started_at + 1.0, "arrived_at": started_at + 10.0, "down": 2**20, "up": 2**20,
               "seconds": {"validate": 1.0, "train": 2.0, "busy_from": started_at + 3.0, "busy_until": started_at + 6.0,
-                          "received": started_at + 3.0, "trim": 0.25, "decode": 0.75, "encode": 0.25,
+                          "received": started_at + 3.0, "decode": 0.75, "encode": 0.25,
                           "replied": started_at + 7.0}},
     }
 
@@ -68,13 +68,13 @@ def _clients(started_at: float) -> dict[str, dict]:
 def test_a_record_holds_every_part_in_order_the_clients_ones_of_the_slowest():
     started_at = 1.7e9
     server = {"tasks": 0.4, "server_decode": 1.5, "accept": 2.5, "next_set": 0.3, "nan_check": 0.2,
-              "write_wait": 0.0, "state_write": 4.0}
+              "server_trim": 0.1, "write_wait": 0.0, "state_write": 4.0}
     record = round_record(1, 12.0, 5.0, _clients(started_at), {"server": {"rss": 2**30, "peak": 2**30}}, server,
                           started_at)
     assert list(record["parts"]) == list(PARTS)
-    assert record["parts"] == {"tasks": 0.4, "pulled": 1.0, "down": 2.0, "client_trim": 0.5, "client_decode": 0.75,
-                               "client_encode": 0.5, "up": 3.0, "server_decode": 1.5, "accept": 2.5, "next_set": 0.3, "nan_check": 0.2,
-                               "write_wait": 0.0, "state_write": 4.0}
+    assert record["parts"] == {"tasks": 0.4, "pulled": 1.0, "down": 2.0, "client_decode": 0.75, "client_encode": 0.5,
+                               "up": 3.0, "server_decode": 1.5, "accept": 2.5, "next_set": 0.3, "nan_check": 0.2,
+                               "server_trim": 0.1, "write_wait": 0.0, "state_write": 4.0}
     assert record["busy"] == 4.0 and record["communicate"] == 3.0  # the figures before the parts, unchanged
     assert "parts s: tasks 0.40, pulled 1.00, down 2.00," in describe(record)
 
@@ -100,9 +100,9 @@ def test_the_benchmark_prints_the_parts_table_and_reads_records_without_parts(tm
     records.write_text(json.dumps(older) + "\n" + json.dumps(record) + "\n")
     report = benchmark.format_report(benchmark.round_costs(records), gib, gib)
     table = report.split("parts of each round, s:\n", 1)[1].splitlines()
-    assert table[0].split() == ["round", "tasks", "pulled", "down", "cl.trim", "cl.dec", "cl.enc", "up", "sv.dec", "accept",
-                                "next", "set", "NaN", "chk", "wr.wait", "st.write"]
-    assert table[2].split() == ["3", "0.40", "1.00", "2.00", "0.50", "0.75", "0.50", "3.00", *["0.00"] * 6]
+    assert table[0].split() == ["round", "tasks", "pulled", "down", "cl.dec", "cl.enc", "up", "sv.dec", "accept",
+                                "next", "set", "NaN", "chk", "sv.trim", "wr.wait", "st.write"]
+    assert table[2].split() == ["3", "0.40", "1.00", "2.00", "0.75", "0.50", "3.00", *["0.00"] * 7]
     assert not table[3][:5].strip().isdigit()  # one row: the older record has no parts
 
 

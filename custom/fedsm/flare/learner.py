@@ -102,6 +102,8 @@ class FedSMLearner(Executor):
                 # it answers every task with this reason instead, and the server ends the run
                 self.log_error(fl_ctx, f"{fl_ctx.get_identity_name()} cannot start: {error}")
                 self.start_error = f"{fl_ctx.get_identity_name()} cannot start: {public_reason(error)}"
+        elif event_type == EventType.AFTER_SEND_TASK_RESULT:
+            release_free_heap()  # the task and its reply are gone: off the round's path, while the server aggregates
         elif event_type == EventType.END_RUN and self.ready:
             self.curves.close()
 
@@ -132,14 +134,13 @@ class FedSMLearner(Executor):
                               f"{self.num_validation} validation images, device {self.compute}")
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
-        received, arrived = time.time(), time.monotonic()
+        received = time.time()
         if task_name not in (self.train_task_name, self.validate_task_name):
             return make_reply(ReturnCode.TASK_UNKNOWN)
         if not self.ready:
             reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
             reply.set_header(START_ERROR_HEADER, self.start_error)
             return reply
-        release_free_heap()  # the previous task's buffers are gone by now
         decoding = time.monotonic()
         try:
             task = FedSMTask.from_shareable(shareable, self.task_shapes)
@@ -163,7 +164,7 @@ class FedSMLearner(Executor):
         started, busy_from = time.monotonic(), time.time()
         metrics = self._validate(task.round, task.num_rounds, task.label, fl_ctx)
         seconds = {"validate": time.monotonic() - started, "busy_from": busy_from, "busy_until": time.time(),
-                   "trim": decoding - arrived, "decode": decoded, "received": received}
+                   "decode": decoded, "received": received}
         reply = FedSMUpdate(round=task.round, label=task.label, metrics=metrics, num_validation=self.num_validation,
                             seconds=seconds)
         if task_name == self.validate_task_name:

@@ -61,9 +61,9 @@ NUM_CLIENTS_KEY = "fedsm_num_clients"
 NUM_VALIDATION_KEY = "fedsm_num_validation_images"
 SECONDS_KEY = "fedsm_seconds"  # {"validate": s, "train": s, "busy_from"/"busy_until": the client's clock}
 START_ERROR_HEADER = "fedsm_start_error"  # reply header: why the client could not start
-# and "trim"/"decode"/"encode": s the client took to hand its freed heap back before decoding, to decode the
-# task and to build the reply; "received"/"replied": its clock when the task reached it and the reply was built
-SECONDS_FIELDS = ("validate", "train", "busy_from", "busy_until", "trim", "decode", "encode", "received", "replied")
+# and "decode"/"encode": s the client took to decode the task and to build the reply; "received"/"replied":
+# its clock when the task reached it and the reply was built
+SECONDS_FIELDS = ("validate", "train", "busy_from", "busy_until", "decode", "encode", "received", "replied")
 MEMORY_KEY = "fedsm_memory"  # byte counts for the round's cost line, some of MEMORY_FIELDS:
 MEMORY_FIELDS = ("rss", "peak", "gpu_peak")  # RSS now, the process's peak RSS, on CUDA the round's GPU peak
 MAX_BYTES = 2**50

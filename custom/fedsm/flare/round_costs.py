@@ -21,9 +21,9 @@ round's steps in seconds, in their order (`PARTS`):
   which is when NVFlare starts sending it (the clients pull tasks every `task_request_interval`).
 - `down`: the slowest client's time from there until the task reaches its learner: NVFlare's
   serialization on the server, the transfer, the deserialization and the task filters on the client.
-- `client_trim`: the slowest client's time from the task's arrival in the learner until it has handed
-  its freed heap pages back to the system (`release_free_heap`, before decoding).
-- `client_decode`: the slowest client's time from there to the decoded `FedSMTask` (checks included).
+- `client_decode`: the slowest client's time from the task's arrival in the learner to the decoded
+  `FedSMTask` (checks included). A client hands its freed heap back after its reply has left
+  (`AFTER_SEND_TASK_RESULT`), off the round's path.
 - `client_encode`: the slowest client's time to build its reply (a DXO collection of tensors).
 - `up`: the slowest client's time from its reply being built until the server has it before its result
   filters: the client's result filters, NVFlare's serialization, the transfer and the deserialization
@@ -34,6 +34,7 @@ round's steps in seconds, in their order (`PARTS`):
   selector's Adam replay, adding to the round's sums), summed over the clients.
 - `next_set`: building the next model set from the sums (`FedSMAggregator.aggregate`).
 - `nan_check`: checking that set for NaN/Inf and missing arrays.
+- `server_trim`: the server handing the round's freed heap back to the system (`release_free_heap`).
 - `write_wait`: the round waiting for the checkpoint writes queued before it.
 - `state_write`: how long those writes ran on the checkpoint thread (the previous round's model set
   and this round's new best models) while this round went on; the last round's own write is in no
@@ -61,8 +62,8 @@ ROUND_STARTED = "fedsm.round_started"
 ROUND_FINISHED = "fedsm.round_finished"
 ROUND_KEY, WALL_KEY, AGGREGATE_KEY = "fedsm.round", "fedsm.round_wall_s", "fedsm.round_aggregate_s"
 PARTS_KEY = "fedsm.round_parts_s"  # the workflow's parts: the server's (tasks, server_decode, accept, ...)
-PARTS = ("tasks", "pulled", "down", "client_trim", "client_decode", "client_encode", "up", "server_decode", "accept",
-         "next_set", "nan_check", "write_wait", "state_write")
+PARTS = ("tasks", "pulled", "down", "client_decode", "client_encode", "up", "server_decode", "accept", "next_set",
+         "nan_check", "server_trim", "write_wait", "state_write")
 RECORD_FILE = "round_costs.jsonl"
 
 MB, GIB = 1024 * 1024, 1024**3
@@ -76,7 +77,6 @@ def round_parts(server: Mapping[str, float], clients: dict[str, dict], started_a
     found = {
         "pulled": [c["sent_at"] - started_at for c, _ in reported if "sent_at" in c and started_at is not None],
         "down": [s["received"] - c["sent_at"] for c, s in reported if "received" in s and "sent_at" in c],
-        "client_trim": [s["trim"] for _, s in reported if "trim" in s],
         "client_decode": [s["decode"] for _, s in reported if "decode" in s],
         "client_encode": [s["encode"] for _, s in reported if "encode" in s],
         "up": [c["arrived_at"] - s["replied"] for c, s in reported if "replied" in s and "arrived_at" in c],

@@ -220,8 +220,10 @@ class FedSMController(Controller):
                 models, contributors = self._close_round(models, fl_ctx)
             if models is None:
                 return
+            trimming = time.monotonic()
             release_free_heap()  # the round's accumulators and received updates, before the next tasks
             waiting = time.monotonic()
+            self._parts["server_trim"] = waiting - trimming
             if not self._finish_writes(fl_ctx):  # the previous round's; at most one model set in flight
                 return
             self._parts.update(write_wait=time.monotonic() - waiting, state_write=self._writes.written_seconds)
