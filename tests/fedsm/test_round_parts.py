@@ -3,10 +3,15 @@ checkpoint writes they report."""
 
 import importlib.util
 import json
+import os
+import sys
+import threading
 import time
 
+import pytest
+
 from fedsm.flare.round_costs import PARTS, describe, round_record
-from fedsm.io.background_writes import BackgroundWrites
+from fedsm.io.background_writes import WRITER_NICENESS, BackgroundWrites
 
 
 def _benchmark():
@@ -122,3 +127,13 @@ def test_background_writes_report_how_long_the_writes_they_waited_for_ran():
 
 def _fail() -> None:
     raise OSError("disk full")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_background_writes_run_at_a_lower_cpu_priority_than_their_caller():
+    writes, seen = BackgroundWrites(timeout_s=10.0), []
+    writes.submit(lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    assert writes.wait() is None
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(caller + WRITER_NICENESS, 19)]  # 19: the weakest nice value
+    writes.shutdown()
