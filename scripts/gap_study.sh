@@ -6,6 +6,8 @@
 #
 #   bash scripts/gap_study.sh          # CPU preset: synthetic data, 50 rounds, 96x96, light selector (~50 min on 2 cores: three FedSM runs of ~11 min each, FedAvg, centralized and local ~5 min each)
 #   bash scripts/gap_study.sh gpu      # full preset: 100 rounds, 256x256, VGG11 selector (one GPU)
+#   bash scripts/gap_study.sh cpu-faithful   # the paper's 100 rounds with its VGG11 selector at 64x64, the light
+#                                            # selector's FedSM run beside it (~80 min a seed on 2 cores)
 #   bash scripts/gap_study.sh --seeds 3 [cpu|gpu]   # every method with train.seed 0, 1, 2 (3x the time; GAP_VARIANTS= GAP_QUANTIZE= leaves the extra FedSM runs out: ~27 min a seed)
 #
 # Steps: synthetic 3-site data with the unseen site UNSEEN; FedSM in the NVFlare simulator (the job's
@@ -27,6 +29,7 @@
 #   GAP_VARIANTS   extra FedSM runs by selector_training, space separated (default "server_adam"; "" for none)
 #   GAP_QUANTIZE   extra FedSM runs with NVFlare's ModelQuantizer/ModelDequantizer both ways, by quantization
 #                  type (default: "float16" cpu, "blockwise8" gpu, which NVFlare 2.9 runs on CUDA only; "" for none)
+#   GAP_SELECTORS  extra FedSM runs by selector architecture, space separated (default "light" cpu-faithful, else "")
 #   GAP_CASES      synthetic cases per site (default: 8 cpu, 16 gpu)
 #   GAP_SEEDS      number of seeds (default 1; --seeds N overrides)
 #   GAP_ROUTE_MARGIN  validation Dice margin of the "routed by validation" row (default 0)
@@ -47,16 +50,23 @@ python="${FEDSM_VENV:-.venv}/bin/python"
 nvflare="${FEDSM_VENV:-.venv}/bin/nvflare"
 out="${GAP_STUDY_DIR:-/tmp/nvflare/gap_study}"
 data="${GAP_DATA:-$out/data}"
-variants="${GAP_VARIANTS-server_adam}"
-quantize_default=float16; [ "$preset" = gpu ] && quantize_default=blockwise8
+variants_default=server_adam; quantize_default=float16; selectors_default=""
+case "$preset" in
+  gpu) quantize_default=blockwise8 ;;
+  cpu-faithful) variants_default=""; quantize_default=""; selectors_default=light ;;
+esac
+variants="${GAP_VARIANTS-$variants_default}"
 quantize="${GAP_QUANTIZE-$quantize_default}"
+selectors="${GAP_SELECTORS-$selectors_default}"
 clients=client_I2CVB,client_MSD,client_NCI_ISBI_3T
 case "$preset" in
   cpu) rounds="${GAP_ROUNDS:-50}"; cases="${GAP_CASES:-8}"
        train=(--set train.image_size=96 --set train.selector=light --set train.cache_dataset=1.0) ;;
   gpu) rounds="${GAP_ROUNDS:-100}"; cases="${GAP_CASES:-16}"
        train=(--set train.image_size=256 --set train.selector=vgg11 --set train.cache_dataset=1.0) ;;
-  *) echo "usage: $0 [--seeds N] [cpu|gpu]" >&2; exit 2 ;;
+  cpu-faithful) rounds="${GAP_ROUNDS:-100}"; cases="${GAP_CASES:-8}"
+       train=(--set train.image_size=64 --set train.selector=vgg11 --set train.cache_dataset=1.0) ;;
+  *) echo "usage: $0 [--seeds N] [cpu|gpu|cpu-faithful]" >&2; exit 2 ;;
 esac
 [ -x "$python" ] || bash scripts/setup.sh
 mkdir -p "$out"
@@ -69,7 +79,7 @@ step() { echo "[gap_study $(duration $((SECONDS - start)))] $*"; }
 # Progress: which run of how many, and the time left. A FedSM run weighs 2 and a FedAvg, centralized
 # or local run 1, the ratio of their times on the CPU preset (about 11 and 5 minutes on 2 cores);
 # the time left is the time per weight so far times the weight still to run.
-read -ra extra_fedsm <<< "$variants $quantize"
+read -ra extra_fedsm <<< "$variants $quantize $selectors"
 fedsm_runs=$((1 + ${#extra_fedsm[@]}))
 total_runs=$((seeds * (fedsm_runs + 3)))
 total_weight=$((seeds * (2 * fedsm_runs + 3)))
@@ -120,6 +130,9 @@ run_seed() {  # run_seed SEED FOLDER: every method with train.seed SEED, into FO
   for kind in $quantize; do
     fedsm_run "$seed" "$dir" "fedsm_$kind" "$kind quantization both ways" --quantize "$kind"
   done
+  for selector in $selectors; do
+    fedsm_run "$seed" "$dir" "fedsm_$selector" "$selector selector" --set "train.selector=$selector"
+  done
   begin_run 1 "seed $seed: FedAvg (jobs/fedavg_prostate, the FedSM job's config_train.json)"
   "$python" -m result_stat.fedavg_job jobs/fedavg_prostate "$dir/jobs/fedavg" \
     --train-config-from "$dir/jobs/fedsm/app/config/config_train.json" --set "server.num_rounds=$rounds" >/dev/null
@@ -136,7 +149,7 @@ for seed in $(seq 0 $((seeds - 1))); do
   dir="$out"; [ "$seed" -eq 0 ] || dir="$out/seed_$seed"
   run_seed "$seed" "$dir"
   fedsm+=("$dir/ws/fedsm"); fedavg+=("$dir/ws/fedavg"); centralized+=("$dir/centralized"); local_runs+=("$dir/local")
-  for variant in $variants $quantize; do variant_args+=(--fedsm-variant "$variant=$dir/ws/fedsm_$variant"); done
+  for variant in $variants $quantize $selectors; do variant_args+=(--fedsm-variant "$variant=$dir/ws/fedsm_$variant"); done
 done
 
 step "all $total_runs runs done; report ($seeds seed(s))"
