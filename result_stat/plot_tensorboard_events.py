@@ -4,6 +4,7 @@
     python -m result_stat.plot_tensorboard_events --workspace /tmp/download/JOB_ID   # a downloaded job
     python result_stat/plot_tensorboard_events.py --workspace WS --tags train_loss train_loss_selector
     python -m result_stat.plot_tensorboard_events --runs ours=WS1 reference=WS2 --tags val_metric_global_model
+    python -m result_stat.plot_tensorboard_events --workspace WS --converged-at 0.9   # selector convergence round
 
 The curves come from the server's experiment tracking (`tb_events/<site>` in the server's job
 workspace, which a simulator workspace, a POC workspace and a downloaded job all hold), or, for a run
@@ -12,14 +13,17 @@ One subplot per tag, one line per site (x = round), smoothed like TensorBoard (d
 moving average) over the raw values drawn faintly. With `--runs`, several runs on one figure: one row
 per tag, one column per site, one line per run (e.g. this job next to NVFlare's research/fed-sm,
 which logs the same tags). Reads the event files with TensorBoard's own
-reader (no TensorFlow needed) and writes a PNG atomically (no window is opened).
+reader (no TensorFlow needed) and writes a PNG atomically (no window is opened). With
+`--converged-at T`, it also prints for each run the first round from which every site's
+`--converged-tag` (default the selector's validation accuracy) stays at or above T to the last
+round, or "never", and each site's last value.
 """
 
 import argparse
 import logging
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,7 @@ from result_stat.workspace import event_files, find_event_dirs
 
 DEFAULT_WORKSPACE = "/tmp/nvflare/fedsm_prostate"
 DEFAULT_OUTPUT_NAME = "fedsm_validation_curves.png"
+DEFAULT_CONVERGED_TAG = "val_metric_select_model"
 VALIDATION_TAGS = ("val_metric_global_model", "val_metric_person_model", "val_metric_select_model")
 TITLES = {
     "val_metric_global_model": "Global model: validation Dice",
@@ -90,6 +95,34 @@ def read_scalars(event_dir: str | Path, tags: Sequence[str]) -> dict[str, tuple[
         steps = np.array(sorted(by_step), dtype=np.int64)
         result[tag] = (steps, np.array([by_step[step] for step in steps], dtype=np.float64))
     return result
+
+
+def stays_from(steps: np.ndarray, values: np.ndarray, threshold: float) -> int | None:
+    """The first step from which `values` stay at or above `threshold` up to the last one; None when
+    the last value is below it (a NaN counts as below) or there are no values. The threshold is taken
+    at float32, the precision of TensorBoard scalars, so that a logged 0.9 counts as 0.9."""
+    below = np.flatnonzero(~(np.asarray(values, dtype=np.float64) >= np.float32(threshold)))
+    first = below[-1] + 1 if below.size else 0
+    return int(steps[first]) if first < len(values) else None
+
+
+def converged_at(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], threshold: float) -> int | None:
+    """The first round from which every site's curve of one tag (`{site: (steps, values)}`) stays at or
+    above `threshold` to its end: the latest of the sites' `stays_from`; None when a site never does
+    or there is no site."""
+    rounds = [stays_from(steps, values, threshold) for steps, values in curves.values()]
+    return None if not rounds or None in rounds else max(rounds)
+
+
+def convergence_line(run: str, curves: Curves, tag: str, threshold: float) -> str:
+    """One line for `run`: the `converged_at` round of `tag` (or "never") and each site's last value."""
+    empty = (np.array([], dtype=np.int64), np.array([]))
+    per_site = {site: scalars.get(tag, empty) for site, scalars in curves.items()}
+    found = converged_at(per_site, threshold)
+    lasts = ", ".join(f"{site} {values[-1]:.4f}" if len(values) else f"{site} -"
+                      for site, (_, values) in per_site.items())
+    status = "never" if found is None else f"from round {found}"
+    return f"{run}: {tag} >= {threshold:g} {status} (last: {lasts})"
 
 
 def available_tags(event_dir: str | Path) -> list[str]:
@@ -201,6 +234,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="TensorBoard smoothing weight in [0, 1) (default 0.8; 0 = raw values)")
     parser.add_argument("--output", default=None,
                         help=f"PNG to write (default <workspace>/{DEFAULT_OUTPUT_NAME})")
+    parser.add_argument("--converged-at", type=float, metavar="THRESHOLD",
+                        help="also print, per run, the first round from which every site's --converged-tag stays "
+                             "at or above THRESHOLD to the end (or 'never'), and each site's last value")
+    parser.add_argument("--converged-tag", default=DEFAULT_CONVERGED_TAG,
+                        help=f"the tag --converged-at applies to (default {DEFAULT_CONVERGED_TAG})")
     args = parser.parse_args(argv)
     if not 0.0 <= args.smoothing < 1.0:
         parser.error(f"--smoothing must be in [0, 1), got {args.smoothing}")
@@ -224,21 +262,29 @@ def read_workspace(workspace: Path, tags: Sequence[str]) -> tuple[dict[str, Path
     return event_dirs, curves
 
 
+def print_convergence(run: str, curves: Curves, args: argparse.Namespace) -> None:
+    """Print `convergence_line` for `run` when `--converged-at` was given."""
+    if args.converged_at is not None:
+        print(convergence_line(run, curves, args.converged_tag, args.converged_at))
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tensorboard").setLevel(logging.WARNING)
+    read_tags = list(dict.fromkeys([*args.tags, args.converged_tag])) if args.converged_at is not None else args.tags
     if args.runs:
-        runs = {label: read_workspace(workspace, args.tags)[1] for label, workspace in args.runs}
+        runs = {label: read_workspace(workspace, read_tags)[1] for label, workspace in args.runs}
         for label, curves in runs.items():
-            if not any(curves.values()):
+            if not any(tag in scalars for tag in args.tags for scalars in curves.values()):
                 raise SystemExit(f"plot_tensorboard_events: error: run '{label}' has none of the tags {list(args.tags)}")
+            print_convergence(label, curves, args)
         output = save_png(plot_runs(runs, args.tags, args.smoothing), Path(args.output).expanduser())
         print(f"Wrote {output}")
         return output
     workspace = Path(args.workspace).expanduser()
-    event_dirs, curves = read_workspace(workspace, args.tags)
-    if not any(curves.values()):
+    event_dirs, curves = read_workspace(workspace, read_tags)
+    if not any(tag in scalars for tag in args.tags for scalars in curves.values()):
         found = sorted({tag for folder in event_dirs.values() for tag in available_tags(folder)})
         raise SystemExit(
             f"plot_tensorboard_events: error: none of the tags {list(args.tags)} is in the event files under "
@@ -247,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for tag in args.tags:
         if not any(tag in scalars for scalars in curves.values()):
             logger.warning("tag '%s' is in no event file under %s; its subplot stays empty", tag, workspace)
+    print_convergence(str(workspace), curves, args)
     figure = plot_curves(curves, args.tags, args.smoothing, title=f"FedSM {workspace}")
     output = Path(args.output).expanduser() if args.output else workspace / DEFAULT_OUTPUT_NAME
     save_png(figure, output)
