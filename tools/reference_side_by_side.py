@@ -382,6 +382,33 @@ def dice_curves(dice: dict[str, dict[int, float]]) -> dict[str, dict[str, tuple[
             for client, points in dice.items()}
 
 
+def write_outputs(workdir: Path, runs: Sequence[Run], clients: Sequence[str], rounds: int, context: str,
+                  patches: Sequence[Patch]) -> str:
+    """Read every finished run's Dice, write the figure, the CSV and the report into `workdir` and return
+    the report; `context` is its paragraph on the command, the revision and the settings."""
+    dice_by_side, curves = {REFERENCE: [], THIS_JOB: []}, {}
+    for run in runs:
+        dice = read_dice(run, clients, rounds)
+        dice_by_side[run.side].append(dice)
+        curves[run.label] = dice_curves(dice)
+    rows = dice_rows(dice_by_side)
+    figure = save_png(plot_runs(curves, [DICE_TAG], 0.0), workdir / FIGURE)
+    write_text_atomic(workdir / TABLE_CSV, rows_csv(rows))
+    report = "\n\n".join([
+        "# Global model validation Dice: NVFlare research/fed-sm next to this job",
+        context,
+        "Changes to the reference, in a copy:\n\n" + patches_markdown(patches),
+        "Timings (a round: the server's 'Round N started' to 'Round N finished' log lines):\n\n"
+        + timing_markdown(runs),
+        f"`{DICE_TAG}` at the start of each round (the round after the last: the final models, which only this "
+        "job validates); the mean over a side's runs, min-max in brackets when there are several:\n\n"
+        + rows_markdown(rows, clients, (REFERENCE, THIS_JOB)),
+        f"![Global model validation Dice per round and site]({figure.name})",
+    ]) + "\n"
+    write_text_atomic(workdir / REPORT, report)
+    return report
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -399,30 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in runs:
         simulate(run, args.rounds)
 
-    dice_by_side, curves = {REFERENCE: [], THIS_JOB: []}, {}
-    for run in runs:
-        dice = read_dice(run, clients, args.rounds)
-        dice_by_side[run.side].append(dice)
-        curves[run.label] = dice_curves(dice)
-    rows = dice_rows(dice_by_side)
-    figure = save_png(plot_runs(curves, [DICE_TAG], 0.0), workdir / FIGURE)
-    write_text_atomic(workdir / TABLE_CSV, rows_csv(rows))
-    report = "\n\n".join([
-        "# Global model validation Dice: NVFlare research/fed-sm next to this job",
-        f"Command: `{shlex.join(['python', 'tools/reference_side_by_side.py', *argv])}`",
-        f"Reference: `{reference_job_folder(reference)}` at {revision}, no seed setting. This job: `{args.job}`, "
-        f"seeds 0..{args.runs - 1}. {args.rounds} rounds, {args.image_size}x{args.image_size} slices, data `{data}`.",
-        "Changes to the reference, in a copy:\n\n" + patches_markdown(patches),
-        "Timings (a round: the server's 'Round N started' to 'Round N finished' log lines):\n\n"
-        + timing_markdown(runs),
-        f"`{DICE_TAG}` at the start of each round (the round after the last: the final models, which only this "
-        "job validates); the mean over a side's runs, min-max in brackets when there are several:\n\n"
-        + rows_markdown(rows, clients, (REFERENCE, THIS_JOB)),
-        f"![Global model validation Dice per round and site]({figure.name})",
-    ]) + "\n"
-    write_text_atomic(workdir / REPORT, report)
-    print(report)
-    print(f"[side-by-side] wrote {workdir / REPORT}, {workdir / TABLE_CSV}, {figure}", flush=True)
+    context = (f"Command: `{shlex.join(['python', 'tools/reference_side_by_side.py', *argv])}`\n\n"
+               f"Reference: `{reference_job_folder(reference)}` at {revision}, no seed setting. This job: "
+               f"`{args.job}`, seeds 0..{args.runs - 1}. {args.rounds} rounds, {args.image_size}x{args.image_size} "
+               f"slices, data `{data}`.")
+    print(write_outputs(workdir, runs, clients, args.rounds, context, patches))
+    print(f"[side-by-side] wrote {workdir / REPORT}, {workdir / TABLE_CSV}, {workdir / FIGURE}", flush=True)
     return 0
 
 
