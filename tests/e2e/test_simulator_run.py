@@ -1,7 +1,9 @@
 """The FedSM job, end to end in the NVFlare simulator on tiny synthetic data.
 
-`finished_run` (tests/e2e/conftest.py) is the tiny job as it ships, run once for the session."""
+`finished_run` (tests/e2e/conftest.py) is the tiny job as it ships, run once for the session;
+`server_adam_run_with_mlflow` the module's one variant of it."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,7 +12,7 @@ import pytest
 import torch
 from e2e_helpers import REPO, client_app, make_job, server_app, tiny_overrides
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tiny_runs import CLIENTS, run_simulator
+from tiny_runs import CLIENTS, TinyRun, run_simulator
 
 from result_stat import prostate_2d_test_only as test_only
 
@@ -22,6 +24,25 @@ def _scalars(event_dir):
     accumulator = EventAccumulator(str(event_dir))
     accumulator.Reload()
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def server_adam_run_with_mlflow(tiny_data, tmp_path_factory) -> TinyRun:
+    """The tiny job with `train.selector_training` server_adam and, where mlflow is installed, the
+    MLflow option of docs/deployment.md: MLflowReceiver added to the server's components, with no
+    tracking_uri. Neither changes what the other tests of it read, so one run serves both."""
+    root = tmp_path_factory.mktemp("server_adam_mlflow")
+    job = make_job(root, "job", tiny_overrides(tiny_data, **{"train.selector_training": "server_adam"}))
+    if importlib.util.find_spec("mlflow"):
+        config_file = job / "app" / "config" / "config_fed_server.json"
+        config = json.loads(config_file.read_text())
+        config["components"].append({"id": "mlflow_receiver",
+                                     "path": "nvflare.app_opt.tracking.mlflow.mlflow_receiver.MLflowReceiver",
+                                     "args": {"kw_args": {"experiment_name": "fedsm_prostate"}}})
+        config_file.write_text(json.dumps(config, indent=2))
+    result = run_simulator(job, root / "ws")
+    assert result.returncode == 0, result.stdout[-3000:]
+    return TinyRun(job, root / "ws", result.stdout + result.stderr)
 
 
 def tracked(workspace, client):
@@ -106,37 +127,25 @@ def test_test_only_evaluation_prints_dice_table(finished_run):
 
 
 @pytest.mark.parametrize("selector_training", ["server_adam", "client_adam_on_server"])
-def test_gradient_upload_selector_training_runs(tiny_data, tiny_run, tmp_path, selector_training):
+def test_gradient_upload_selector_training_runs(tiny_run, request, selector_training):
     shipped = json.loads((tiny_run.job / "app" / "config" / "config_train.json").read_text())["selector_training"]
-    if selector_training == shipped:  # the job's own mode: `tiny_run` is this very job, already run
-        workspace, returncode, log = tiny_run.workspace, 0, tiny_run.output
-    else:
-        job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"train.selector_training": selector_training}))
-        workspace = tmp_path / "ws"
-        result = run_simulator(job, workspace)
-        returncode, log = result.returncode, result.stdout + result.stderr
-    assert returncode == 0 and "rejected" not in log
-    state = torch.load(server_app(workspace) / "fedsm_state.pt", weights_only=True)
+    # the job's own mode: `tiny_run` is this very job, already run
+    run = tiny_run if selector_training == shipped else request.getfixturevalue("server_adam_run_with_mlflow")
+    assert json.loads((run.job / "app" / "config" / "config_train.json").read_text())["selector_training"] == \
+        selector_training
+    assert "rejected" not in run.output
+    state = torch.load(server_app(run.workspace) / "fedsm_state.pt", weights_only=True)
     assert float(state["selector_moments"]["step"]) == 2.0
     assert all(torch.isfinite(t).all() for t in state["selector"].values())
 
 
-def test_mlflow_receiver_records_every_sites_curves_in_the_servers_job_workspace(tiny_data, tmp_path):
-    """The MLflow option of docs/deployment.md: MLflowReceiver added to the server's components, with
-    no tracking_uri, keeps a SQLite store in the server's job workspace; each site is a run there."""
+def test_mlflow_receiver_records_every_sites_curves_in_the_servers_job_workspace(server_adam_run_with_mlflow):
+    """The MLflow option of docs/deployment.md (`server_adam_run_with_mlflow`) keeps a SQLite store in the
+    server's job workspace; each site is a run there."""
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    job = make_job(tmp_path, "job", tiny_overrides(tiny_data, **{"server.num_rounds": 1}))
-    config_file = job / "app" / "config" / "config_fed_server.json"
-    config = json.loads(config_file.read_text())
-    config["components"].append({"id": "mlflow_receiver",
-                                 "path": "nvflare.app_opt.tracking.mlflow.mlflow_receiver.MLflowReceiver",
-                                 "args": {"kw_args": {"experiment_name": "fedsm_prostate"}}})
-    config_file.write_text(json.dumps(config, indent=2))
-    workspace = tmp_path / "ws"
-    result = run_simulator(job, workspace)
-    assert result.returncode == 0, result.stdout[-3000:]
+    workspace = server_adam_run_with_mlflow.workspace
     store = server_app(workspace).parent / "mlflow.db"
     assert store.is_file()
     mlflow = MlflowClient(tracking_uri=f"sqlite:///{store}")
@@ -149,5 +158,5 @@ def test_mlflow_receiver_records_every_sites_curves_in_the_servers_job_workspace
         history = sorted((m.step, m.value) for m in mlflow.get_metric_history(run.info.run_id,
                                                                               "val_metric_global_model"))
         # the same points as the TensorBoard receiver's (float32), the final models' validation included
-        assert [step for step, _ in history] == [step for step, _ in validated] == [0, 1], client
+        assert [step for step, _ in history] == [step for step, _ in validated] == [0, 1, 2], client
         assert [value for _, value in history] == pytest.approx([value for _, value in validated], rel=1e-6)
