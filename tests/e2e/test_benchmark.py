@@ -1,10 +1,13 @@
-"""The benchmark script runs a tiny job in the simulator and reports every round's cost and its parts."""
+"""The benchmark script runs a tiny job in the simulator and reports every round's cost and its parts.
+
+One `--floor` run serves the module: the floor changes the job's data and settings, not the report."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from e2e_helpers import REPO, server_app, tiny_overrides
 
 from fedsm.flare.federated_evaluation import RESULTS_FILE
@@ -46,8 +49,15 @@ def _check_parts(stdout: str, workdir: Path) -> None:
         assert [float(value) for value in row[1:]] == [round(record["parts"][name], 2) for name in PARTS]
 
 
-def test_benchmark_reports_each_round_and_peak_memory(tiny_data, tmp_path):
-    stdout = _run_benchmark(tiny_data, tmp_path)
+@pytest.fixture(scope="module")
+def floor_benchmark(tiny_data, tmp_path_factory) -> tuple[str, Path]:
+    """(stdout, work folder) of a 2-round `--floor` benchmark of the tiny job."""
+    workdir = tmp_path_factory.mktemp("floor_benchmark")
+    return _run_benchmark(tiny_data, workdir, "--floor"), workdir
+
+
+def test_benchmark_reports_each_round_and_peak_memory(floor_benchmark):
+    stdout, workdir = floor_benchmark
     report, _, memory = stdout.partition(MEMORY_TITLE)
     rows = _numbered_rows(report.partition(PARTS_TITLE)[0])
     assert [row[0] for row in rows] == ["0", "1"]
@@ -59,21 +69,21 @@ def test_benchmark_reports_each_round_and_peak_memory(tiny_data, tmp_path):
         wall, busy, aggregate, down, up = float(row[1]), float(row[2]), float(row[6]), float(row[7]), float(row[8])
         assert 0 < busy <= wall and aggregate < wall
         assert down > 0 and up > 0  # a tiny UNet pair is ~13 MB each way
-    _check_parts(stdout, tmp_path)
+    _check_parts(stdout, workdir)
     assert "peak total RSS of the process tree:" in stdout
 
 
-def test_floor_benchmark_cuts_every_site_to_two_slices_a_split_and_reports_the_parts(tiny_data, tmp_path):
-    stdout = _run_benchmark(tiny_data, tmp_path, "--floor")
-    folder = tmp_path / "floor_datalists"
+def test_floor_benchmark_cuts_every_site_to_two_slices_a_split_and_reports_the_parts(tiny_data, floor_benchmark):
+    stdout, workdir = floor_benchmark
+    folder = workdir / "floor_datalists"
     assert f"({folder}); workflow.federated_evaluation=false" in stdout
     for client in CLIENTS:
         full = json.loads((tiny_data / "datalist_2D" / f"{client}.json").read_text())
         cut = json.loads((folder / f"{client}.json").read_text())
         assert {split: len(items) for split, items in cut.items()} == {"training": 2, "validation": 2, "testing": 2}
         assert all(cut[split] == full[split][:2] for split in cut)
-    log = (tmp_path / "simulator.log").read_text()
+    log = (workdir / "simulator.log").read_text()
     for client in CLIENTS:
         assert f"{client}: 2 training and 2 validation images" in log
-    assert not (server_app(tmp_path / "workspace") / RESULTS_FILE).exists()  # no federated test evaluation
-    _check_parts(stdout, tmp_path)
+    assert not (server_app(workdir / "workspace") / RESULTS_FILE).exists()  # no federated test evaluation
+    _check_parts(stdout, workdir)
