@@ -28,15 +28,19 @@ def client_app(workspace: Path, client: str) -> Path:
     return workspace / client / "simulate_job" / f"app_{client}"
 
 
-def add_fault_filter(job: Path, client: str, fault: str, from_round: int = 0, seconds: float = 0.0,
-                     release_file: str = "", release_text: str = "") -> None:
-    """Ship `fault_injection.CorruptUpdate` with the job and set it as the clients' result filter."""
+def add_fault_filter(job: Path, client: str, fault: str, from_round: int = 0, to_round: int | None = None,
+                     seconds: float = 0.0, release_file: str = "", release_text: str = "") -> None:
+    """Ship `fault_injection.CorruptUpdate` with the job and add it to the clients' result filters of
+    `train`, after those added before."""
     shutil.copy(Path(__file__).with_name("fault_injection.py"), job / "app" / "custom" / "fault_injection.py")
     config_file = job / "app" / "config" / "config_fed_client.json"
     config = json.loads(config_file.read_text())
-    config["task_result_filters"] = [{"tasks": ["train"], "filters": [
+    chains = config.setdefault("task_result_filters", [])
+    if not any(chain["tasks"] == ["train"] for chain in chains):
+        chains.append({"tasks": ["train"], "filters": []})
+    next(chain for chain in chains if chain["tasks"] == ["train"])["filters"].append(
         {"path": "fault_injection.CorruptUpdate", "args": {"client": client, "fault": fault, "from_round": from_round,
-                                                                "seconds": seconds, "release_file": release_file,
-                                                                "release_text": release_text}}
-    ]}]
+                                                                "to_round": to_round, "seconds": seconds,
+                                                                "release_file": release_file,
+                                                                "release_text": release_text}})
     config_file.write_text(json.dumps(config, indent=2))

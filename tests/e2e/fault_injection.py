@@ -17,28 +17,32 @@ from fedsm.flare.messages import GLOBAL, LABEL_KEY, PERSONALIZED
 
 
 class CorruptUpdate(Filter):
-    """On `client`, from round `from_round` on, apply `fault` to the train result:
-    `nan` (NaN in the global diff), `scale` (every array of the update times 1e6, the size of the
-    update of a site that did not normalize its images), `shape` (a wrong selector shape), `dtype` (a float16 personalized
-    array), `label` (claims another client's selector label), `stall` (in round `from_round` only, the
-    client stays connected but answers only after `seconds`, or as soon as the file `release_file`
-    holds `release_text`: e.g. once the server's log says it has given up on this client, whose answer
-    then comes late without holding up the end of the run)."""
+    """On `client`, from round `from_round` on (through round `to_round`, if given), apply `fault` to
+    the train result: `nan` (NaN in the global diff), `scale` (every array of the update times 1e6, the
+    size of the update of a site that did not normalize its images), `shape` (a wrong selector shape),
+    `dtype` (a float16 personalized array), `label` (claims another client's selector label), `stall`
+    (in round `from_round` only, the client stays connected but answers only after `seconds`, or as
+    soon as the file `release_file` holds `release_text`: e.g. once the server's log says it has given
+    up on this client, whose answer then comes late without holding up the end of the run)."""
 
-    def __init__(self, client: str, fault: str = "nan", from_round: int = 0, seconds: float = 0.0,
-                 release_file: str = "", release_text: str = ""):
+    def __init__(self, client: str, fault: str = "nan", from_round: int = 0, to_round: int | None = None,
+                 seconds: float = 0.0, release_file: str = "", release_text: str = ""):
         super().__init__()
-        self.client, self.fault, self.from_round, self.seconds = client, fault, from_round, seconds
+        self.client, self.fault, self.from_round, self.to_round = client, fault, from_round, to_round
+        self.seconds = seconds
         self.release_file, self.release_text = release_file, release_text
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         if fl_ctx.get_identity_name() != self.client:
             return shareable
         collection = from_shareable(shareable)
-        if GLOBAL not in collection.data or collection.meta[AppConstants.CURRENT_ROUND] < self.from_round:
+        if GLOBAL not in collection.data:
+            return shareable
+        round_number = collection.meta[AppConstants.CURRENT_ROUND]
+        if round_number < self.from_round or (self.to_round is not None and round_number > self.to_round):
             return shareable
         if self.fault == "stall":
-            if collection.meta[AppConstants.CURRENT_ROUND] == self.from_round:
+            if round_number == self.from_round:
                 self._stall()
             return shareable
         if self.fault == "scale":

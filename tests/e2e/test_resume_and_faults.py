@@ -1,7 +1,8 @@
 """Resuming a run from its persisted state, and updates the server must reject, in the simulator.
 
-The runs of the tests before the last go side by side (`runs`); the last test races a train timeout
-and has the machine to itself."""
+The runs of the tests before the last go side by side (`runs`), one per job: the resume test and the
+bad-update tests read the same run, whose bad updates come after the rounds the resume test compares.
+The last test races a train timeout and has the machine to itself."""
 
 import pytest
 import torch
@@ -17,7 +18,9 @@ from tiny_runs import CLIENTS, finish, run_simulator, settle, start_simulator
 from result_stat.workspace import TRACKING_FOLDER
 
 METRICS = ("val_metric_global_model", "val_metric_person_model", "val_metric_select_model")
-BAD_UPDATES = {"nan": "NaN/Inf", "label": "is not the label of"}  # fault -> the reason the server logs
+RESUMED_ROUNDS = 4  # the resumed job runs rounds 2 and 3 after `tiny_run`'s 0 and 1
+# fault -> (the one round of the resumed job client_MSD sends it in, the reason the server logs)
+BAD_UPDATES = {"nan": (2, "NaN/Inf"), "label": (3, "is not the label of")}
 TRAIN_TIMEOUT = 35  # s; round 0 (which also starts the client workers) takes about 20 s on 2 cores
 
 
@@ -28,19 +31,15 @@ def _scalar(workspace, client, tag):
     return {e.step: e.value for e in accumulator.Scalars(tag)}
 
 
-def _resumed_job(tmp_path, data, request):
-    """The tiny job for 3 rounds, resumed from the state `tiny_run` (2 rounds) ended with."""
+def _resumed_job_with_bad_updates(tmp_path, data, request):
+    """The tiny job for `RESUMED_ROUNDS` rounds, resumed from the state `tiny_run` (2 rounds) ended with;
+    client_MSD sends each fault of `BAD_UPDATES` in its round, after its validation of that round's models."""
     state_file = server_app(request.getfixturevalue("tiny_run").workspace) / "fedsm_state.pt"
-    return make_job(tmp_path, "job", tiny_overrides(data, **{"server.num_rounds": 3,
-                                                             "server.resume_from": str(state_file)}))
-
-
-def _bad_update_job(fault):
-    def make(tmp_path, data, request):
-        job = make_job(tmp_path, "job", tiny_overrides(data))
-        add_fault_filter(job, "client_MSD", fault, from_round=1)
-        return job
-    return make
+    job = make_job(tmp_path, "job", tiny_overrides(data, **{"server.num_rounds": RESUMED_ROUNDS,
+                                                            "server.resume_from": str(state_file)}))
+    for fault, (round_number, _) in BAD_UPDATES.items():
+        add_fault_filter(job, "client_MSD", fault, from_round=round_number, to_round=round_number)
+    return job
 
 
 def _unnormalized_site_job(tmp_path, data, request):
@@ -53,34 +52,37 @@ def _disagreeing_min_clients_job(tmp_path, data, request):
     return make_job(tmp_path, "job", tiny_overrides(data, **{"workflow.min_clients": 3, "meta.min_clients": 2}))
 
 
-# each test (as pytest names it) -> (the job it runs, made in a folder from the data; the run's timeout in s)
+# each test (as pytest names it) -> (the job it runs, made in a folder from the data; its clients; the run's
+# timeout in s); tests of the same job read one run of it. The server stops the min_clients job at its
+# start, so one client does.
+RESUMED = (_resumed_job_with_bad_updates, CLIENTS, 300)
 JOBS = {
-    "test_restarted_run_continues_at_next_round_with_identical_models": (_resumed_job, 300),
-    **{f"test_bad_update_is_excluded_and_the_others_aggregate[{fault}]": (_bad_update_job(fault), 300)
-       for fault in BAD_UPDATES},
-    "test_min_clients_of_the_workflow_and_meta_must_agree": (_disagreeing_min_clients_job, 180),
-    "test_a_site_sending_unnormalized_updates_does_not_poison_the_others": (_unnormalized_site_job, 300),
+    "test_restarted_run_continues_at_next_round_with_identical_models": RESUMED,
+    **{f"test_bad_update_is_excluded_and_the_others_aggregate[{fault}]": RESUMED for fault in BAD_UPDATES},
+    "test_min_clients_of_the_workflow_and_meta_must_agree": (_disagreeing_min_clients_job, CLIENTS[:1], 180),
+    "test_a_site_sending_unnormalized_updates_does_not_poison_the_others": (_unnormalized_site_job, CLIENTS, 300),
 }
 
 
 @pytest.fixture(scope="module")
 def runs(request, tiny_data, tmp_path_factory) -> dict:
-    """test name -> (workspace, future of the run) for the selected tests of `JOBS`: their runs start
-    together (`tiny_runs.start_simulator`, in the tests' order); each test waits for its own. A job that
-    cannot be made is its test's error (its entry holds the exception)."""
-    started = {}
+    """test name -> (workspace, future of the run) for the selected tests of `JOBS`: the run of each job
+    starts once (`tiny_runs.start_simulator`, in the tests' order), all together; each test waits for
+    its own. A job that cannot be made is its tests' error (their entries hold the exception)."""
+    by_job, started = {}, {}
     for item in request.session.items:
         if item.module is request.module and item.name in JOBS:
-            make, timeout = JOBS[item.name]
-            tmp = tmp_path_factory.mktemp("resume_and_faults")
-            try:
-                job = make(tmp, tiny_data, request)
-            except Exception as error:  # noqa: BLE001 - reported by the test it belongs to
-                started[item.name] = error
-                continue
-            started[item.name] = (tmp / "ws", start_simulator(job, tmp / "ws", timeout=timeout))
+            make, clients, timeout = JOBS[item.name]
+            if make not in by_job:
+                tmp = tmp_path_factory.mktemp("resume_and_faults")
+                try:
+                    job = make(tmp, tiny_data, request)
+                    by_job[make] = (tmp / "ws", start_simulator(job, tmp / "ws", clients, timeout))
+                except Exception as error:  # noqa: BLE001 - reported by the tests it belongs to
+                    by_job[make] = error
+            started[item.name] = by_job[make]
     yield started
-    finish([entry[1] for entry in started.values() if isinstance(entry, tuple)])
+    finish([entry[1] for entry in by_job.values() if isinstance(entry, tuple)])
 
 
 def _run_of(runs: dict, request):
@@ -94,34 +96,37 @@ def _run_of(runs: dict, request):
 
 def test_restarted_run_continues_at_next_round_with_identical_models(runs, request, tiny_run):
     # the first run: the 2-round tiny job, `tiny_run` (shared with other tests; only read here); the
-    # resumed one: `_resumed_job`
+    # resumed one: `_resumed_job_with_bad_updates`
     first_workspace = tiny_run.workspace
     saved = torch.load(server_app(first_workspace) / "fedsm_state.pt", weights_only=True)
     workspace, resumed = _run_of(runs, request)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0 and "at round 2" in log and "Round 0 of" not in log
-    assert "Round 2 of 3 started" in log
+    assert f"Round 2 of {RESUMED_ROUNDS} started" in log
     for client in CLIENTS:
         for tag in METRICS:
             before = _scalar(first_workspace, client, tag)
             after = _scalar(workspace, client, tag)
             # the first run's final validation and the resumed run's round-2 validation see the same models
-            assert sorted(after) == [2, 3]
+            assert sorted(after) == list(range(2, RESUMED_ROUNDS + 1))
             assert after[2] == pytest.approx(before[2], abs=1e-6), (client, tag)
     final = torch.load(server_app(workspace) / "fedsm_state.pt", weights_only=True)
-    assert final["next_round"] == 3 and float(final["selector_moments"]["step"]) == 3.0
+    assert final["next_round"] == RESUMED_ROUNDS and float(final["selector_moments"]["step"]) == RESUMED_ROUNDS
     assert float(saved["selector_moments"]["step"]) == 2.0
 
 
 @pytest.mark.parametrize("fault", list(BAD_UPDATES))
 def test_bad_update_is_excluded_and_the_others_aggregate(runs, request, fault):
-    workspace, result = _run_of(runs, request)  # the job: `_bad_update_job(fault)`
+    workspace, result = _run_of(runs, request)  # the job: `_resumed_job_with_bad_updates`
+    round_number, reason = BAD_UPDATES[fault]
     log = result.stdout + result.stderr
     assert result.returncode == 0
-    assert "update of client_MSD rejected in round 1" in log and BAD_UPDATES[fault] in log
-    assert "aggregated ['client_I2CVB', 'client_NCI_ISBI_3T']" in log
+    rejection = f"update of client_MSD rejected in round {round_number}: "
+    assert any(rejection in line and reason in line for line in log.splitlines()), log[-3000:]
+    assert "aggregated ['client_I2CVB', 'client_NCI_ISBI_3T']" in \
+        log.split(f"Round {round_number} finished")[1].splitlines()[0]
     state = torch.load(server_app(workspace) / "fedsm_state.pt", weights_only=True)
-    assert state["next_round"] == 2
+    assert state["next_round"] == RESUMED_ROUNDS
     assert all(torch.isfinite(t).all() for t in state["global"].values())
 
 
