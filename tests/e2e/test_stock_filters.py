@@ -90,15 +90,16 @@ def _job_with_an_unknown_filter(tmp_path: Path, data: Path) -> Path:
     return job
 
 
-# each test (as pytest names it) -> (the job it runs, made in a folder from the data; the run's timeout in s)
+# each test (as pytest names it) -> (the job it runs, made in a folder from the data; its clients; the run's
+# timeout in s). Every client builds the unknown filter alike, so one client shows it.
 JOBS = {
     "test_quantization_both_ways_halves_weights_on_the_wire[float16]": (
-        lambda tmp_path, data: _quantized_job(tmp_path, data, "float16"), 300),
+        lambda tmp_path, data: _quantized_job(tmp_path, data, "float16"), CLIENTS, 300),
     "test_quantization_both_ways_halves_weights_on_the_wire[blockwise8]": (
-        lambda tmp_path, data: _quantized_job(tmp_path, data, "blockwise8"), 300),
-    "test_exclude_vars_and_percentile_privacy": (_private_job, 300),
-    "test_a_filter_that_breaks_a_part_gets_only_that_site_rejected": (_job_with_a_breaking_filter, 300),
-    "test_an_unknown_filter_class_stops_the_job_at_start_naming_it": (_job_with_an_unknown_filter, 180),
+        lambda tmp_path, data: _quantized_job(tmp_path, data, "blockwise8"), CLIENTS, 300),
+    "test_exclude_vars_and_percentile_privacy": (_private_job, CLIENTS, 300),
+    "test_a_filter_that_breaks_a_part_gets_only_that_site_rejected": (_job_with_a_breaking_filter, CLIENTS, 300),
+    "test_an_unknown_filter_class_stops_the_job_at_start_naming_it": (_job_with_an_unknown_filter, CLIENTS[:1], 180),
 }
 
 
@@ -113,10 +114,10 @@ def runs(request, tiny_data, tmp_path_factory) -> dict:
     started = {}
     for item in request.session.items:
         if item.module is request.module and item.name in JOBS and not _skips_blockwise8(item.name):
-            make, timeout = JOBS[item.name]
+            make, clients, timeout = JOBS[item.name]
             tmp = tmp_path_factory.mktemp("filters")
             job = make(tmp, tiny_data)
-            started[item.name] = (job, tmp / "ws", start_simulator(job, tmp / "ws", timeout=timeout))
+            started[item.name] = (job, tmp / "ws", start_simulator(job, tmp / "ws", clients, timeout))
     yield started
     finish([future for _, _, future in started.values()])
 

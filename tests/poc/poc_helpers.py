@@ -29,10 +29,12 @@ def tiny_job(destination: Path, data: Path, **overrides) -> Path:
                     "byoc")
 
 
-def run_simulator(job: Path, workspace: Path, timeout: float = 300) -> tuple[subprocess.CompletedProcess, float]:
-    """Run the job in the NVFlare simulator; the result (log also in `<workspace>.log`) and its seconds."""
+def run_simulator(job: Path, workspace: Path, timeout: float = 300,
+                  clients=CLIENTS) -> tuple[subprocess.CompletedProcess, float]:
+    """Run the job in the NVFlare simulator with `clients`; the result (log also in `<workspace>.log`) and
+    its seconds."""
     started = time.monotonic()
-    result = tiny_runs.run_simulator(job, workspace, CLIENTS, timeout)
+    result = tiny_runs.run_simulator(job, workspace, clients, timeout)
     return result, time.monotonic() - started
 
 

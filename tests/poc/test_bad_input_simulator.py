@@ -54,11 +54,12 @@ def _saved_state(job: Path, path: Path) -> Path:
 
 
 def test_truncated_checkpoint_stops_the_run_naming_the_file_and_is_never_overwritten(poc_data, tmp_path):
+    """The server's persistor reads the checkpoint: one client is enough to start the run."""
     state = _saved_state(tiny_job(tmp_path / "job0", poc_data), tmp_path / "fedsm_state.pt")
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     truncated = state.read_bytes()
     job = tiny_job(tmp_path / "job", poc_data, **{"server.resume_from": str(state)})
-    result, seconds = run_simulator(job, tmp_path / "ws", timeout=240)
+    result, seconds = run_simulator(job, tmp_path / "ws", timeout=240, clients=CLIENTS[:1])
     log = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"cannot load the FedSM model set: cannot load checkpoint {state}" in log
