@@ -4,21 +4,29 @@ A site that forgot to normalize its images, or a hostile one, sends well-formed 
 and claims any number of steps. Each bound compares a site with something it does not control alone:
 
 - content: an update that changes nothing (every part empty or zero) is no contribution;
-- magnitude: each part's norm must stay within `norm_ratio` times a reference: the lower median of
-  the round's norms with three or more sites, else the median of that part's recent references;
-  a site over it on any part is left out of the round (rejected, not clipped: a clipped update still
-  points where the broken site's data points);
-- weight: a site's aggregation weight (its steps) is at most `steps_ratio` times the lower median of
-  the accepted sites' claims, and at most its own `max_steps` from the job config.
+- magnitude: each part's norm must stay within `norm_ratio` times a reference: the larger of the
+  lower median of the round's norms (with three or more sites) and the part's scale over the run
+  (`run_scale`: the root mean square of the references of the rounds before); a site over it on any
+  part is left out of the round (rejected, not clipped: a clipped update still points where the
+  broken site's data points);
+- weight: a site's aggregation weight (its steps) is at most `steps_ratio` times the larger of the
+  lower median of the accepted sites' claims and the claims' scale over the run, and at most its own
+  `max_steps` from the job config.
 
-The lower median of two values is the smaller one, so with two sites neither can raise a bound.
+The lower median of two values is the smaller one, so with two sites neither can raise a bound; the
+references of past rounds are such medians, so no site sets the run's scale alone either.
+
+Why the run's scale and not the round's alone: an honest gradient grows with how wrong the model is
+for that site. Once the selector classifies two sites, their full-batch gradients fall 20-100x while
+the third site's stays; measured against the round alone, the one site the selector still has to
+learn would be left out every round (docs/deployment.md, "Bounding one site's influence").
 
 The server streams an update into the round's sums as it arrives (holding every site's update would
-cost K selector copies), so the verdict comes in two steps: on arrival, an update within the bounds
-of recent rounds is aggregated at once, one over them is held (`exceeds_recent_bounds`); when the
-round closes, `screen_round` judges every update against the round's own references. An update that
-was aggregated at once but fails that screen (possible only before there is any history, i.e. in a
-fresh run's first round) cannot be taken out of the sums, so the round is discarded.
+cost K selector copies), so the verdict comes in two steps: on arrival, an update within the run's
+scale is aggregated at once, one over it is held (`exceeds_run_scale`); when the round closes,
+`screen_round` judges every update. The round's reference is never below the run's scale, so an
+update aggregated at once always passes the screen once there is history; only in a fresh run's
+first round can one fail it, and as it cannot be taken out of the sums, that round is discarded.
 """
 
 import dataclasses
@@ -42,14 +50,12 @@ STEPS_HISTORY = "local steps"  # the history of the round's lower median claim
 class InfluenceBounds:
     """The server's bounds on one site's influence (job config, FedSM workflow arguments).
 
-    `steps_ratio` and `norm_ratio` of 0 turn that bound off; `max_steps` caps named sites' weights;
-    `history_rounds` is how many past rounds' references a part keeps for rounds of one or two sites.
+    `steps_ratio` and `norm_ratio` of 0 turn that bound off; `max_steps` caps named sites' weights.
     """
 
     steps_ratio: float = 3.0
     norm_ratio: float = 10.0
     max_steps: Mapping[str, int] = dataclasses.field(default_factory=dict)
-    history_rounds: int = 5
 
     def __post_init__(self) -> None:
         for name in ("steps_ratio", "norm_ratio"):
@@ -59,8 +65,6 @@ class InfluenceBounds:
         bad = {site: steps for site, steps in self.max_steps.items() if not (isinstance(steps, int) and steps >= 1)}
         if bad:
             raise ValueError(f"max_steps must map site names to integers >= 1, got {bad}")
-        if self.history_rounds < 1:
-            raise ValueError(f"history_rounds must be >= 1, got {self.history_rounds}")
 
 
 @dataclasses.dataclass
@@ -81,11 +85,22 @@ def lower_median(values: Sequence[float]) -> float:
     return float(sorted(values)[(len(values) - 1) // 2])
 
 
-def bounded_claims(claims: Mapping[str, float], ratio: float, maxima: Mapping[str, float] | None = None
-                   ) -> dict[str, float]:
-    """Each claim at most `ratio` times the lower median of all claims (0: no such bound) and at most
-    its site's entry in `maxima`."""
-    bound = ratio * lower_median(list(claims.values())) if claims and ratio > 0 else math.inf
+def run_scale(history: Sequence[float]) -> float | None:
+    """A part's scale over the run: the root mean square of its past rounds' references (None before
+    the first). Large early rounds keep counting when later ones are small, as they should: how large
+    an honest update may be follows the largest the federation has shown, not its latest lull."""
+    if not history:
+        return None
+    return math.sqrt(float(np.mean(np.square(np.asarray(history, dtype=np.float64)))))
+
+
+def bounded_claims(claims: Mapping[str, float], ratio: float, maxima: Mapping[str, float] | None = None,
+                   history: Sequence[float] = ()) -> dict[str, float]:
+    """Each claim at most `ratio` times the larger of the lower median of all claims and the claims'
+    `run_scale` over `history` (0: no such bound), and at most its site's entry in `maxima`."""
+    bound = math.inf
+    if claims and ratio > 0:
+        bound = ratio * max(lower_median(list(claims.values())), run_scale(history) or 0.0)
     return {site: min(float(claim), bound, float((maxima or {}).get(site, math.inf)))
             for site, claim in claims.items()}
 
@@ -121,13 +136,13 @@ def _l2(arrays) -> float:
 
 
 def norm_reference(norms: Sequence[float], history: Sequence[float]) -> tuple[float | None, str]:
-    """A part's reference and where it comes from: the lower median of the round's norms with three
-    or more, else the median of the part's recent references, else none."""
+    """A part's reference and where it comes from: the larger of the lower median of the round's norms
+    (three or more) and the part's `run_scale`; None when there is neither."""
+    candidates = [(run_scale(history), "the run's scale")]
     if len(norms) >= 3:
-        return lower_median(norms), "the round's lower median"
-    if history:
-        return float(np.median(history)), "the median of recent rounds"
-    return None, ""
+        candidates.append((lower_median(norms), "the round's lower median"))
+    known = [(value, source) for value, source in candidates if value is not None]
+    return max(known) if known else (None, "")
 
 
 def has_content(norms: Mapping[str, float]) -> bool:
@@ -135,16 +150,17 @@ def has_content(norms: Mapping[str, float]) -> bool:
     return any(norms.values())
 
 
-def exceeds_recent_bounds(steps: int, norms: Mapping[str, float], bounds: InfluenceBounds,
-                          history: Mapping[str, Sequence[float]]) -> str | None:
+def exceeds_run_scale(steps: int, norms: Mapping[str, float], bounds: InfluenceBounds,
+                      history: Mapping[str, Sequence[float]]) -> str | None:
     """Why an update must wait for the round's screen: its steps or a part's norm over the bound that
-    recent rounds set; None when it may be aggregated at once (also when there is no history yet)."""
-    recent = history.get(STEPS_HISTORY)
-    if bounds.steps_ratio > 0 and recent and steps > bounds.steps_ratio * float(np.median(recent)):
+    the run's scale sets; None when it may be aggregated at once (also when there is no history yet).
+    Whatever passes here passes `screen_round`, whose references are never below the run's scale."""
+    scale = run_scale(history.get(STEPS_HISTORY, ()))
+    if bounds.steps_ratio > 0 and scale is not None and steps > bounds.steps_ratio * scale:
         return f"{steps} local steps"
     for part, value in sorted(norms.items()):
-        recent = history.get(part)
-        if bounds.norm_ratio > 0 and recent and value > bounds.norm_ratio * float(np.median(recent)):
+        scale = run_scale(history.get(part, ()))
+        if bounds.norm_ratio > 0 and scale is not None and value > bounds.norm_ratio * scale:
             return f"{part} norm {value:.4g}"
     return None
 
@@ -166,15 +182,15 @@ def screen_round(steps: Mapping[str, int], norms: Mapping[str, Mapping[str, floa
                                       f"{reference:.4g}")
         kept = [value for site, value in values.items() if site not in rejected]
         if kept:
-            new_history[part] = (new_history.get(part, []) + [lower_median(kept)])[-bounds.history_rounds:]
+            new_history[part] = new_history.get(part, []) + [lower_median(kept)]
     claims = {site: steps[site] for site in candidates if site not in rejected}
-    weights = bounded_claims(claims, bounds.steps_ratio, bounds.max_steps)
+    weights = bounded_claims(claims, bounds.steps_ratio, bounds.max_steps, history.get(STEPS_HISTORY, ()))
     capped = {site: f"claimed {claims[site]} local steps, weighted as {weight:g} (max_steps_ratio "
-                    f"{bounds.steps_ratio:g} x the round's lower median claim, or the site's max_steps)"
+                    f"{bounds.steps_ratio:g} x the round's lower median claim or the run's scale, or the site's "
+                    "max_steps)"
               for site, weight in weights.items() if weight < claims[site]}
     if claims:
-        new_history[STEPS_HISTORY] = (new_history.get(STEPS_HISTORY, []) + [lower_median(list(claims.values()))]
-                                      )[-bounds.history_rounds:]
+        new_history[STEPS_HISTORY] = new_history.get(STEPS_HISTORY, []) + [lower_median(list(claims.values()))]
     return RoundScreen(weights=weights, rejected=rejected, capped=capped, history=new_history)
 
 

@@ -26,7 +26,7 @@ from ..core.best_models import BEST_MODEL_RULES, improved_models, mean_metric
 from ..core.label_mapping import check_label_mapping
 from ..core.model_kinds import GLOBAL, PERSONALIZED, SELECTOR
 from ..core.model_set import ModelSet
-from ..core.robust import (InfluenceBounds, bounded_claims, exceeds_recent_bounds, has_content, missing_arrays,
+from ..core.robust import (InfluenceBounds, bounded_claims, exceeds_run_scale, has_content, missing_arrays,
                            nonfinite_arrays, part_norms, screen_round)
 from ..core.update_checks import shapes_of
 from ..evaluation import DEFAULT_THRESHOLD
@@ -84,7 +84,7 @@ class FedSMController(Controller):
                 false where the server has task result filters, which need the arrays in memory
                 (`FedSMRecipe.add_server_input_filter` sees to it).
             max_steps_ratio: a site's aggregation weight (its local steps) is at most this times the
-                round's lower median claim (0: no such bound).
+                round's lower median claim or the claims' scale over the run (0: no such bound).
             max_norm_ratio: a site whose update part (global difference, personalized change, selector
                 update, Adam moments) has a norm over this times the part's reference is left out of
                 the round (0: off). See `fedsm.core.robust`.
@@ -121,7 +121,7 @@ class FedSMController(Controller):
         self.select_threshold = select_threshold
         self.evaluate_task_name = evaluate_task_name
         self._evaluation = FederatedEvaluation(self, evaluate_task_name, select_threshold, train_timeout)
-        self._held: dict[str, FedSMUpdate] = {}  # updates over the recent bounds, until the round closes
+        self._held: dict[str, FedSMUpdate] = {}  # updates over the run's scale, until the round closes
         self._claims: dict[str, tuple[int, dict[str, float]]] = {}  # per site: its steps and part norms
         self._streamed: dict[str, float] = {}  # sites aggregated on arrival, and the weight they got
         self._current: ModelSet | None = None
@@ -275,7 +275,7 @@ class FedSMController(Controller):
         self._task_round = round_number
 
     def _take_update(self, client: str, update: FedSMUpdate, fl_ctx: FLContext) -> None:
-        """An update on arrival: left out without content, held when over the recent rounds' bounds,
+        """An update on arrival: left out without content, held when over the bounds of the run's scale,
         else aggregated at once with its claimed weight (`core.robust`)."""
         norms = part_norms(update.global_diff, update.personalized,
                            self._current.personalized.get(client, self._current.global_model), update.selector)
@@ -284,10 +284,10 @@ class FedSMController(Controller):
                                      "(every part empty or zero)")
             return
         self._claims[client] = (update.steps, norms)
-        over = exceeds_recent_bounds(update.steps, norms, self.bounds, self._current.norm_history)
+        over = exceeds_run_scale(update.steps, norms, self.bounds, self._current.norm_history)
         if over:
             self.log_info(fl_ctx, f"update of {client} held until the round closes: {over} is over the bound of "
-                                  "recent rounds")
+                                  "the run's scale")
             self._held[client] = update
             return
         weight = min(update.steps, self.bounds.max_steps.get(client, update.steps))
