@@ -99,13 +99,15 @@ def evaluate_seed(args: argparse.Namespace, index: int, items: Mapping[str, list
 def comparison_pairs(runs: Sequence[FedSMRun], names: Sequence[str]) -> list[tuple[str, str]]:
     """The paired comparisons of the report, among the methods present: each super model against FedAvg,
     centralized and its own global model; the validation-routed one against the super model and the
-    global model."""
+    global model; a variant's super model (e.g. float16 transport) against the first run's."""
     pairs = []
     for run in runs:
         super_model, global_only = f"{run.name} super model", f"{run.name} global only"
         routed = f"{run.name} {ROUTED_SUFFIX}"
         pairs += [(super_model, "FedAvg"), (super_model, "centralized"), (super_model, global_only),
                   (routed, super_model), (routed, global_only)]
+        if run is not runs[0]:
+            pairs.append((super_model, f"{runs[0].name} super model"))
     return [(a, b) for a, b in pairs if a in names and b in names]
 
 

@@ -30,6 +30,8 @@
 #   GAP_QUANTIZE   extra FedSM runs with NVFlare's ModelQuantizer/ModelDequantizer both ways, by quantization
 #                  type (default: "float16" cpu, "blockwise8" gpu, which NVFlare 2.9 runs on CUDA only; "" for none)
 #   GAP_SELECTORS  extra FedSM runs by selector architecture, space separated (default "light" cpu-faithful, else "")
+#   GAP_BASELINES  the methods run beside FedSM, of "fedavg centralized local" (default all three; "" for none,
+#                  e.g. GAP_VARIANTS= GAP_BASELINES= --seeds 2: FedSM against its float16 transport only)
 #   GAP_CASES      synthetic cases per site (default: 8 cpu, 16 gpu)
 #   GAP_SEEDS      number of seeds (default 1; --seeds N overrides)
 #   GAP_ROUTE_MARGIN  validation Dice margin of the "routed by validation" row (default 0)
@@ -58,6 +60,10 @@ esac
 variants="${GAP_VARIANTS-$variants_default}"
 quantize="${GAP_QUANTIZE-$quantize_default}"
 selectors="${GAP_SELECTORS-$selectors_default}"
+baselines="${GAP_BASELINES-fedavg centralized local}"
+for baseline in $baselines; do
+  case "$baseline" in fedavg|centralized|local) ;; *) echo "GAP_BASELINES: unknown method '$baseline'" >&2; exit 2 ;; esac
+done
 clients=client_I2CVB,client_MSD,client_NCI_ISBI_3T
 case "$preset" in
   cpu) rounds="${GAP_ROUNDS:-50}"; cases="${GAP_CASES:-8}"
@@ -80,9 +86,10 @@ step() { echo "[gap_study $(duration $((SECONDS - start)))] $*"; }
 # or local run 1, the ratio of their times on the CPU preset (about 11 and 5 minutes on 2 cores);
 # the time left is the time per weight so far times the weight still to run.
 read -ra extra_fedsm <<< "$variants $quantize $selectors"
+read -ra baseline_runs <<< "$baselines"
 fedsm_runs=$((1 + ${#extra_fedsm[@]}))
-total_runs=$((seeds * (fedsm_runs + 3)))
-total_weight=$((seeds * (2 * fedsm_runs + 3)))
+total_runs=$((seeds * (fedsm_runs + ${#baseline_runs[@]})))
+total_weight=$((seeds * (2 * fedsm_runs + ${#baseline_runs[@]})))
 run=0; weight_done=0; weight_now=0; runs_started=0
 begin_run() {  # begin_run WEIGHT TEXT
   local left=""
@@ -133,27 +140,40 @@ run_seed() {  # run_seed SEED FOLDER: every method with train.seed SEED, into FO
   for selector in $selectors; do
     fedsm_run "$seed" "$dir" "fedsm_$selector" "$selector selector" --set "train.selector=$selector"
   done
-  begin_run 1 "seed $seed: FedAvg (jobs/fedavg_prostate, the FedSM job's config_train.json)"
-  "$python" -m result_stat.fedavg_job jobs/fedavg_prostate "$dir/jobs/fedavg" \
-    --train-config-from "$dir/jobs/fedsm/app/config/config_train.json" --set "server.num_rounds=$rounds" >/dev/null
-  simulate "$dir/jobs/fedavg" "$dir/ws/fedavg" "$dir/fedavg.log"
-  begin_run 1 "seed $seed: centralized (pooled data of all sites)"
-  "$python" -m result_stat.baselines centralized --job "$dir/jobs/fedsm" --output "$dir/centralized" \
-    > "$dir/centralized.log" 2>&1
-  begin_run 1 "seed $seed: local only (one model per site)"
-  "$python" -m result_stat.baselines local --job "$dir/jobs/fedsm" --output "$dir/local" > "$dir/local.log" 2>&1
+  if has_baseline fedavg; then
+    begin_run 1 "seed $seed: FedAvg (jobs/fedavg_prostate, the FedSM job's config_train.json)"
+    "$python" -m result_stat.fedavg_job jobs/fedavg_prostate "$dir/jobs/fedavg" \
+      --train-config-from "$dir/jobs/fedsm/app/config/config_train.json" --set "server.num_rounds=$rounds" >/dev/null
+    simulate "$dir/jobs/fedavg" "$dir/ws/fedavg" "$dir/fedavg.log"
+  fi
+  if has_baseline centralized; then
+    begin_run 1 "seed $seed: centralized (pooled data of all sites)"
+    "$python" -m result_stat.baselines centralized --job "$dir/jobs/fedsm" --output "$dir/centralized" \
+      > "$dir/centralized.log" 2>&1
+  fi
+  if has_baseline local; then
+    begin_run 1 "seed $seed: local only (one model per site)"
+    "$python" -m result_stat.baselines local --job "$dir/jobs/fedsm" --output "$dir/local" > "$dir/local.log" 2>&1
+  fi
 }
+has_baseline() { [[ " $baselines " == *" $1 "* ]]; }
 
 fedsm=(); fedavg=(); centralized=(); local_runs=(); variant_args=()
 for seed in $(seq 0 $((seeds - 1))); do
   dir="$out"; [ "$seed" -eq 0 ] || dir="$out/seed_$seed"
   run_seed "$seed" "$dir"
-  fedsm+=("$dir/ws/fedsm"); fedavg+=("$dir/ws/fedavg"); centralized+=("$dir/centralized"); local_runs+=("$dir/local")
+  fedsm+=("$dir/ws/fedsm")
+  has_baseline fedavg && fedavg+=("$dir/ws/fedavg")
+  has_baseline centralized && centralized+=("$dir/centralized")
+  has_baseline local && local_runs+=("$dir/local")
   for variant in $variants $quantize $selectors; do variant_args+=(--fedsm-variant "$variant=$dir/ws/fedsm_$variant"); done
 done
 
 step "all $total_runs runs done; report ($seeds seed(s))"
-"$python" -m result_stat.gap_report --fedsm "${fedsm[@]}" "${variant_args[@]}" --fedavg "${fedavg[@]}" \
-  --centralized "${centralized[@]}" --local "${local_runs[@]}" --route_by_validation "$margin" \
-  --output "$out/report" 2> "$out/report.log"
+baseline_args=()
+[ ${#fedavg[@]} -eq 0 ] || baseline_args+=(--fedavg "${fedavg[@]}")
+[ ${#centralized[@]} -eq 0 ] || baseline_args+=(--centralized "${centralized[@]}")
+[ ${#local_runs[@]} -eq 0 ] || baseline_args+=(--local "${local_runs[@]}")
+"$python" -m result_stat.gap_report --fedsm "${fedsm[@]}" "${variant_args[@]}" "${baseline_args[@]}" \
+  --route_by_validation "$margin" --output "$out/report" 2> "$out/report.log"
 step "done: $out/report/report.md"

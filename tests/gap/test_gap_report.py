@@ -172,6 +172,9 @@ def test_the_routed_row_equals_test_only_routed_by_validation(study, dice_table)
     assert routed["runs"]["FedSM"]["personalized_sites"] == direct["route_by_validation"]["personalized_sites"]
     pairs = [(c["method"], c["other"]) for c in read_results(study)["paired_comparisons"]]
     assert ("FedSM super model, routed by validation", "FedSM global only") in pairs
+    copy = next(c for c in read_results(study)["paired_comparisons"]
+                if (c["method"], c["other"]) == ("FedSM[copy] super model", "FedSM super model"))
+    assert copy["difference"] == pytest.approx(0.0, abs=1e-12)  # the variant is the same run
 
 
 def test_two_seeds_give_means_spreads_and_paired_intervals(study):
