@@ -61,7 +61,8 @@ variants="${GAP_VARIANTS-$variants_default}"
 quantize="${GAP_QUANTIZE-$quantize_default}"
 selectors="${GAP_SELECTORS-$selectors_default}"
 baselines="${GAP_BASELINES-fedavg centralized local}"
-for baseline in $baselines; do
+read -ra baseline_runs <<< "$baselines"
+for baseline in "${baseline_runs[@]}"; do
   case "$baseline" in fedavg|centralized|local) ;; *) echo "GAP_BASELINES: unknown method '$baseline'" >&2; exit 2 ;; esac
 done
 clients=client_I2CVB,client_MSD,client_NCI_ISBI_3T
@@ -86,7 +87,6 @@ step() { echo "[gap_study $(duration $((SECONDS - start)))] $*"; }
 # or local run 1, the ratio of their times on the CPU preset (about 11 and 5 minutes on 2 cores);
 # the time left is the time per weight so far times the weight still to run.
 read -ra extra_fedsm <<< "$variants $quantize $selectors"
-read -ra baseline_runs <<< "$baselines"
 fedsm_runs=$((1 + ${#extra_fedsm[@]}))
 total_runs=$((seeds * (fedsm_runs + ${#baseline_runs[@]})))
 total_weight=$((seeds * (2 * fedsm_runs + ${#baseline_runs[@]})))

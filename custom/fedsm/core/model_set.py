@@ -22,4 +22,4 @@ class ModelSet:
     personalized: dict[str, Weights]
     next_round: int = 0
     best_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
-    norm_history: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # part -> each past round's reference (core.robust)
+    norm_history: dict[str, list[float]] = dataclasses.field(default_factory=dict)  # part -> each past round's reference
