@@ -18,7 +18,8 @@ processes over 20 GiB (its server 12.8 GiB in round 0's aggregation), this job's
 
 Both sides run in the NVFlare simulator, one run at a time, reference and this job taking turns. The
 global model validation Dice of every site and round comes from each run's TensorBoard files (both
-log `val_metric_global_model`). Written into the work folder: `side_by_side.md` (revision, patches,
+log `val_metric_global_model`). Written into the work folder after every run, so a comparison stopped
+early keeps what it finished: `side_by_side.md` (revision, patches,
 timings, the per-round table: mean and min-max over the runs of a side), `side_by_side.csv` and
 `learning_speed_vs_reference.png`. Round times are read from each simulator log ("Round N ...
 started" to "Round N finished", the server's lines on both sides).
@@ -276,7 +277,7 @@ def dice_rows(dice_by_side: dict[str, list[dict[str, dict[int, float]]]]) -> lis
     """Mean, minimum and maximum over each side's runs of every (round, client) that all its runs logged."""
     rows = []
     for side, runs in dice_by_side.items():
-        for client in runs[0]:
+        for client in runs[0] if runs else ():
             for number in sorted(set.intersection(*(set(run[client]) for run in runs))):
                 values = [run[client][number] for run in runs]
                 rows.append(Row(number, client, side, len(values), statistics.fmean(values), min(values), max(values)))
@@ -423,14 +424,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[side-by-side] reference {revision}, patched copy {reference_job}; clients {', '.join(clients)}",
           flush=True)
     runs = planned_runs(args, data, workdir, reference_job, labels)
-    for run in runs:
-        simulate(run, args.rounds)
-
     context = (f"Command: `{shlex.join(['python', 'tools/reference_side_by_side.py', *argv])}`\n\n"
                f"Reference: `{reference_job_folder(reference)}` at {revision}, no seed setting. This job: "
                f"`{args.job}`, seeds 0..{args.runs - 1}. {args.rounds} rounds, {args.image_size}x{args.image_size} "
                f"slices, data `{data}`.")
-    print(write_outputs(workdir, runs, clients, args.rounds, context, patches))
+    for finished, run in enumerate(runs, start=1):
+        simulate(run, args.rounds)
+        report = write_outputs(workdir, runs[:finished], clients, args.rounds, context, patches)
+        print(f"[side-by-side] {finished} of {len(runs)} runs in {workdir / REPORT}", flush=True)
+    print(report)
     print(f"[side-by-side] wrote {workdir / REPORT}, {workdir / TABLE_CSV}, {workdir / FIGURE}", flush=True)
     return 0
 

@@ -123,3 +123,10 @@ def test_table_gives_mean_and_range_over_runs_and_a_dash_where_a_side_has_no_val
                          "| 2 | - | 0.800 |"]
     assert tool.rows_csv(rows).splitlines()[:2] == ["round,client,side,runs,mean,low,high",
                                                     "0,client_A,reference,2,0.2000,0.1000,0.3000"]
+
+
+def test_a_side_without_a_finished_run_gives_dashes_not_an_error(tool):
+    """The report is rewritten after every run, so after the first one a side has no runs yet."""
+    rows = tool.dice_rows({"reference": [{"client_A": {0: 0.1}}], "this job": []})
+    table = tool.rows_markdown(rows, ["client_A"], ["reference", "this job"]).splitlines()
+    assert table[2:] == ["| 0 | 0.100 | - |"]
