@@ -44,13 +44,16 @@ class RecordingController(FedSMController):
 
     def __init__(self, **args):
         super().__init__(client_id_label_mapping=LABELS, min_clients=2, **args)
-        self.panics, self.warnings = [], []
+        self.panics, self.warnings, self.infos = [], [], []
 
     def system_panic(self, reason, fl_ctx):
         self.panics.append(reason)
 
     def log_warning(self, fl_ctx, msg, *args, **kwargs):
         self.warnings.append(msg)
+
+    def log_info(self, fl_ctx, msg, *args, **kwargs):
+        self.infos.append(msg)
 
     def log_error(self, fl_ctx, msg, *args, **kwargs):
         self.warnings.append(msg)
@@ -259,6 +262,8 @@ def test_the_site_the_selector_still_gets_wrong_keeps_counting(tmp_path):
         models, contributors = server.round(models, replies)
         assert contributors == list(HONEST)
     assert not server.controller.warnings and models.next_round == 5
+    references = [line for line in server.controller.infos if line.startswith("round 4 norm references")]
+    assert len(references) == 1 and "selector update" in references[0] and "(the run's scale)" in references[0]
 
 
 def test_client_adam_moments_far_off_the_others_are_left_out(tmp_path):

@@ -39,6 +39,8 @@ def test_screen_rejects_a_part_over_the_round_lower_median_and_records_history()
     assert set(screen.rejected) == {"evil"} and "selector update norm 50" in screen.rejected["evil"]
     assert screen.weights == {"a": 10.0, "b": 12.0, "c": 9.0} and screen.capped == {}
     assert screen.history[SELECTOR_PART] == [1.0]  # the lower median of the sites kept
+    assert screen.references[SELECTOR_PART] == (1.0, "the round's lower median")
+    assert "selector update 1 (the round's lower median)" in screen.describe_references()
 
 
 def test_screen_with_two_sites_uses_the_run_scale():
@@ -67,6 +69,7 @@ def test_the_site_the_selector_still_gets_wrong_is_not_left_out():
     norms = {"a": {SELECTOR_PART: 50.3}, "b": {SELECTOR_PART: 81.2}, "c": {SELECTOR_PART: 1005.0}}
     screen = screen_round({"a": 1, "b": 1, "c": 1}, norms, InfluenceBounds(), history)
     assert screen.rejected == {}
+    assert screen.references[SELECTOR_PART] == (pytest.approx(run_scale(history[SELECTOR_PART])), "the run's scale")
     assert set(screen_round({"a": 1, "b": 1, "c": 1}, norms, InfluenceBounds(), {}).rejected) == {"c"}  # round alone
     norms["evil"] = {SELECTOR_PART: 5e7}
     screen = screen_round({"a": 1, "b": 1, "c": 1, "evil": 1}, norms, InfluenceBounds(), history)

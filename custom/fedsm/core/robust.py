@@ -70,12 +70,18 @@ class InfluenceBounds:
 @dataclasses.dataclass
 class RoundScreen:
     """The verdict on a round's updates: aggregation weights of the accepted sites, the reason each
-    other site was left out, the sites whose weight was capped, and the parts' references to keep."""
+    other site was left out, the sites whose weight was capped, the parts' references to keep, and
+    the reference each part was measured against this round with its source (for the operator's log)."""
 
     weights: dict[str, float]
     rejected: dict[str, str]
     capped: dict[str, str]
     history: dict[str, list[float]]
+    references: dict[str, tuple[float, str]] = dataclasses.field(default_factory=dict)
+
+    def describe_references(self) -> str:
+        """One line: each part's reference of the round and where it came from."""
+        return "; ".join(f"{part} {value:.4g} ({source})" for part, (value, source) in sorted(self.references.items()))
 
 
 def lower_median(values: Sequence[float]) -> float:
@@ -172,9 +178,12 @@ def screen_round(steps: Mapping[str, int], norms: Mapping[str, Mapping[str, floa
                 for site, site_norms in norms.items() if not has_content(site_norms)}
     candidates = {site: site_norms for site, site_norms in norms.items() if site not in rejected}
     new_history = {part: list(values) for part, values in history.items()}
+    references = {}
     for part in sorted({part for site_norms in candidates.values() for part in site_norms}):
         values = {site: site_norms[part] for site, site_norms in candidates.items() if part in site_norms}
         reference, source = norm_reference(list(values.values()), history.get(part, []))
+        if reference is not None:
+            references[part] = (reference, source)
         if bounds.norm_ratio > 0 and reference is not None:
             for site, value in values.items():
                 if value > bounds.norm_ratio * reference and site not in rejected:
@@ -191,7 +200,8 @@ def screen_round(steps: Mapping[str, int], norms: Mapping[str, Mapping[str, floa
               for site, weight in weights.items() if weight < claims[site]}
     if claims:
         new_history[STEPS_HISTORY] = new_history.get(STEPS_HISTORY, []) + [lower_median(list(claims.values()))]
-    return RoundScreen(weights=weights, rejected=rejected, capped=capped, history=new_history)
+    return RoundScreen(weights=weights, rejected=rejected, capped=capped, history=new_history,
+                       references=references)
 
 
 def incomplete_moments(moments: Weights, selector_names) -> list[str]:

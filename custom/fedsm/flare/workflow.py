@@ -304,6 +304,10 @@ class FedSMController(Controller):
         held, self._held = self._held, {}
         screen = screen_round({c: steps for c, (steps, _) in self._claims.items()},
                               {c: norms for c, (_, norms) in self._claims.items()}, self.bounds, models.norm_history)
+        if screen.references and self.bounds.norm_ratio > 0:
+            self.log_info(fl_ctx, f"round {round_number} norm references (an update part over "
+                                  f"{self.bounds.norm_ratio:g} x its reference leaves the site out): "
+                                  f"{screen.describe_references()}")
         for client, reason in sorted({**screen.rejected, **screen.capped}.items()):
             self.log_warning(fl_ctx, f"update of {client} {'rejected ' if client in screen.rejected else ''}"
                                      f"in round {round_number}: {reason}")
