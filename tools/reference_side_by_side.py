@@ -19,7 +19,7 @@ processes over 20 GiB (its server 12.8 GiB in round 0's aggregation), this job's
 Both sides run in the NVFlare simulator, one run at a time, reference and this job taking turns. The
 global model validation Dice of every site and round comes from each run's TensorBoard files (both
 log `val_metric_global_model`). Written into the work folder after every run, so a comparison stopped
-early keeps what it finished: `side_by_side.md` (revision, patches,
+early keeps what it finished (`--resume` then runs only the rest): `side_by_side.md` (revision, patches,
 timings, the per-round table: mean and min-max over the runs of a side), `side_by_side.csv` and
 `learning_speed_vs_reference.png`. Round times are read from each simulator log ("Round N ...
 started" to "Round N finished", the server's lines on both sides).
@@ -28,6 +28,7 @@ started" to "Round N finished", the server's lines on both sides).
 import argparse
 import csv
 import dataclasses
+import functools
 import io
 import json
 import re
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -58,6 +59,7 @@ DICE_TAG = "val_metric_global_model"
 REFERENCE, THIS_JOB = "reference", "this job"
 DATASET_FOLDER, DATALIST_FOLDER = "dataset_2D", "datalist_2D"
 REPORT, TABLE_CSV, FIGURE = "side_by_side.md", "side_by_side.csv", "learning_speed_vs_reference.png"
+RUN_RECORD = "run.json"  # beside a run's log: its command, wall time, peak memory and round times
 PROGRESS_PERIOD_S = 5.0
 GIB = 1024**3
 
@@ -198,16 +200,39 @@ def round_seconds(log_text: str) -> dict[int, float]:
 
 @dataclasses.dataclass
 class Run:
-    """One simulator run of one side."""
+    """One simulator run of one side; `prepare` writes its job folder just before it starts (so that the
+    job carries the code as it is then, not as it was hours earlier when the comparison began)."""
 
     side: str
     label: str
     workspace: Path
     log: Path
     command: list[str]
+    prepare: Callable[[], object] | None = None
     wall_s: float = 0.0
     peak_rss: int = 0
     rounds_s: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def record(self) -> Path:
+        return self.log.with_name(RUN_RECORD)
+
+    def save_record(self) -> None:
+        write_text_atomic(self.record, json.dumps({"command": self.command, "wall_s": self.wall_s,
+                                                   "peak_rss": self.peak_rss, "rounds_s": self.rounds_s}, indent=2))
+
+    def load_record(self, rounds: int) -> bool:
+        """Take wall time, memory and round times from the record of an earlier run of the same command
+        that finished all `rounds`; False (nothing taken) when there is no such record."""
+        try:
+            record = json.loads(self.record.read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        rounds_s = {int(number): float(seconds) for number, seconds in record.get("rounds_s", {}).items()}
+        if record.get("command") != self.command or len(rounds_s) != rounds:
+            return False
+        self.wall_s, self.peak_rss, self.rounds_s = float(record["wall_s"]), int(record["peak_rss"]), rounds_s
+        return True
 
 
 def report_progress(run: Run, rounds: int, started: float, stop: threading.Event) -> None:
@@ -228,6 +253,9 @@ def simulate(run: Run, rounds: int) -> None:
     print(f"[side-by-side] {run.label}: {' '.join(run.command)} (log {run.log})", flush=True)
     if run.workspace.exists():
         shutil.rmtree(run.workspace)
+    run.record.unlink(missing_ok=True)
+    if run.prepare is not None:
+        run.prepare()
     started, stop = time.monotonic(), threading.Event()
     progress = threading.Thread(target=report_progress, args=(run, rounds, started, stop), daemon=True)
     progress.start()
@@ -242,6 +270,7 @@ def simulate(run: Run, rounds: int) -> None:
         raise RuntimeError(f"{run.label}: simulator exit code {code}, {len(run.rounds_s)} of {rounds} rounds "
                            f"finished, its processes peaked at {run.peak_rss / GIB:.1f} GiB of the machine's "
                            f"{psutil.virtual_memory().total / GIB:.1f} GiB; see {run.log}")
+    run.save_record()
     print(f"[side-by-side] {run.label}: done in {run.wall_s:.0f} s (median round "
           f"{statistics.median(run.rounds_s.values()):.0f} s)", flush=True)
 
@@ -350,6 +379,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=1, help="runs per side; this job gets seeds 0..N-1")
     parser.add_argument("--workdir", type=Path, required=True, help="folder for the jobs, workspaces, logs and report")
     parser.add_argument("--job", type=Path, default=REPO / "jobs" / "fedsm_prostate", help="this project's job folder")
+    parser.add_argument("--resume", action="store_true",
+                        help=f"keep the runs of an earlier call into the same --workdir that finished (their "
+                             f"{RUN_RECORD} names the same command); run only the others")
     args = parser.parse_args(argv)
     for name in ("rounds", "image_size", "runs"):
         if getattr(args, name) < 1:
@@ -359,8 +391,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def planned_runs(args: argparse.Namespace, data: Path, workdir: Path, reference_job: Path,
                  labels: dict[str, int]) -> list[Run]:
-    """The runs of both sides, taking turns (reference, this job seed 0, reference, seed 1, ...); derives
-    this job's runs into the work folder."""
+    """The runs of both sides, taking turns (reference, this job seed 0, reference, seed 1, ...); each of
+    this job's runs derives its job into the work folder when it starts."""
     clients = sorted(labels, key=labels.get)
     runs = []
     for index in range(args.runs):
@@ -370,10 +402,11 @@ def planned_runs(args: argparse.Namespace, data: Path, workdir: Path, reference_
                         folder / "workspace", folder / "simulator.log",
                         simulator_command(reference_job, folder / "workspace", clients)))
         folder = workdir / "this_job" / f"seed{index}"
+        folder.mkdir(parents=True, exist_ok=True)
         settings = this_job_settings(data, args.rounds, args.image_size, labels, seed=index)
-        job = derive_job(args.job, folder / "job", settings)
         runs.append(Run(THIS_JOB, f"{THIS_JOB} seed {index}", folder / "workspace", folder / "simulator.log",
-                        simulator_command(job, folder / "workspace", clients)))
+                        simulator_command(folder / "job", folder / "workspace", clients),
+                        prepare=functools.partial(derive_job, args.job, folder / "job", settings)))
     return runs
 
 
@@ -429,7 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                f"`{args.job}`, seeds 0..{args.runs - 1}. {args.rounds} rounds, {args.image_size}x{args.image_size} "
                f"slices, data `{data}`.")
     for finished, run in enumerate(runs, start=1):
-        simulate(run, args.rounds)
+        if args.resume and run.load_record(args.rounds):
+            print(f"[side-by-side] {run.label}: kept from an earlier call ({run.record})", flush=True)
+        else:
+            simulate(run, args.rounds)
         report = write_outputs(workdir, runs[:finished], clients, args.rounds, context, patches)
         print(f"[side-by-side] {finished} of {len(runs)} runs in {workdir / REPORT}", flush=True)
     print(report)

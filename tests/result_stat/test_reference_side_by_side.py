@@ -130,3 +130,19 @@ def test_a_side_without_a_finished_run_gives_dashes_not_an_error(tool):
     rows = tool.dice_rows({"reference": [{"client_A": {0: 0.1}}], "this job": []})
     table = tool.rows_markdown(rows, ["client_A"], ["reference", "this job"]).splitlines()
     assert table[2:] == ["| 0 | 0.100 | - |"]
+
+
+def test_resume_keeps_a_finished_run_of_the_same_command_only(tool, tmp_path):
+    def run(command):
+        return tool.Run("reference", "reference", tmp_path / "workspace", tmp_path / "simulator.log", command)
+
+    finished = run(["nvflare", "simulator", "job"])
+    finished.wall_s, finished.peak_rss, finished.rounds_s = 12.5, 3 * 2**30, {0: 6.0, 1: 6.5}
+    finished.save_record()
+    kept = run(["nvflare", "simulator", "job"])
+    assert kept.load_record(rounds=2)
+    assert (kept.wall_s, kept.peak_rss, kept.rounds_s) == (12.5, 3 * 2**30, {0: 6.0, 1: 6.5})
+    assert not run(["nvflare", "simulator", "other_job"]).load_record(rounds=2)
+    assert not run(["nvflare", "simulator", "job"]).load_record(rounds=3)  # it finished fewer rounds than asked
+    (tmp_path / "simulator.log").with_name("run.json").write_text("{")
+    assert not run(["nvflare", "simulator", "job"]).load_record(rounds=2)
