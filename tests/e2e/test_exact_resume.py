@@ -1,5 +1,5 @@
-"""Exact resume in the simulator: 3 rounds in one run end with the same models as 1 round, then a new
-job resumed from it (`resume_from` + the same `client_state_dir`) for the 2 rounds left.
+"""Exact resume in the simulator: 2 rounds in one run end with the same models as 1 round, then a new
+job resumed from it (`resume_from` + the same `client_state_dir`) for the round left.
 
 The uninterrupted run goes alongside the other two (`tiny_runs.start_simulator`): nothing here
 depends on timing, as the clients run one after another and every round is seeded."""
@@ -12,7 +12,7 @@ from fedsm.io.checkpoint import best_checkpoint_name
 from fedsm.io.client_state import CLIENT_STATE_FILENAME
 from result_stat import prostate_2d_test_only
 
-ROUNDS, STOP_AFTER = 3, 1
+ROUNDS, STOP_AFTER = 2, 1
 TOLERANCE = 1e-6
 
 

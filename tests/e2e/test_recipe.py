@@ -1,42 +1,32 @@
 """FedSMRecipe: the checked-in job folder is its export, typed arguments land in the export and a bad one
 fails naming it, filters go through the Recipe's own methods, `fedsm.job_config` derives jobs through it,
-and scripts/fedsm_recipe.py builds SimEnv, PocEnv and ProdEnv and runs the recipe in SimEnv end to end."""
+and scripts/fedsm_recipe.py builds SimEnv, PocEnv and ProdEnv and runs the recipe in SimEnv end to end (in
+ProdEnv: tests/poc/test_poc_faults.py)."""
 
 import dataclasses
 import json
-import os
-import re
-import secrets
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from e2e_helpers import REPO, server_app, tiny_overrides
 from nvflare.app_opt.pt.quantization.dequantizer import ModelDequantizer
 from nvflare.app_opt.pt.quantization.quantizer import ModelQuantizer
 from nvflare.recipe import PocEnv, ProdEnv, SimEnv
+from recipe_script import SCRIPT, as_settings, run_script
 from tiny_runs import CLIENTS
 
 import fedsm
 from fedsm.job_config import add_quantization, derive_job
 from fedsm.recipe import DEFAULT_TRAIN, FedSMRecipe
-from result_stat import plot_tensorboard_events as plot
 
 JOB = REPO / "jobs" / "fedsm_prostate"
-SCRIPT = REPO / "scripts" / "fedsm_recipe.py"
 CONFIGS = {"meta": "meta.json", "server": "app/config/config_fed_server.json",
            "client": "app/config/config_fed_client.json", "train": "app/config/config_train.json"}
 CONFIGS_IN_APP = [Path(relative).name for name, relative in CONFIGS.items() if name != "meta"]
 QUANTIZER = "nvflare.app_opt.pt.quantization.quantizer.ModelQuantizer"
 DEQUANTIZER = "nvflare.app_opt.pt.quantization.dequantizer.ModelDequantizer"
 WORKFLOW = "fedsm.flare.workflow.FedSMController"
-SERVER, ADMIN, MARKER = "localhost", "admin@fedsm.org", "FEDSM_TEST_PROJECT"
 
 
 def read_configs(job: Path) -> dict:
@@ -62,25 +52,6 @@ def export(recipe: FedSMRecipe, root: Path) -> Path:
 
 def python_files(folder: Path) -> set[str]:
     return {str(path.relative_to(folder)) for path in folder.rglob("*.py")}
-
-
-def run_script(args: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run scripts/fedsm_recipe.py; past `timeout` its whole process tree (the simulator runs in a session
-    of its own) is killed and the test fails with the end of its output."""
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for child in psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]:
-            child.kill()
-        output, _ = process.communicate(timeout=60)
-        raise AssertionError(f"{SCRIPT.name} did not finish in {timeout} s:\n{output[-3000:]}")
-    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
-
-
-def as_settings(overrides: dict) -> list[str]:
-    return [f"--set={key}={json.dumps(value)}" for key, value in overrides.items()]
 
 
 def test_the_checked_in_job_folder_is_the_default_recipes_export(tmp_path):
@@ -252,82 +223,3 @@ def test_script_runs_the_recipe_in_sim_env(tiny_data, tmp_path):
     assert "FedSM finished." in result.stdout
     assert "patched NVFlare" in result.stdout
     assert f"results in {workspace}" in result.stdout
-
-
-def project_yaml(port: int) -> str:
-    """A project on this machine: the server `localhost`, a project admin, the three clients."""
-    participants = [f"{{name: {SERVER}, type: server, org: fedsm, fed_learn_port: {port}, admin_port: {port}}}",
-                    f"{{name: {ADMIN}, type: admin, org: fedsm, role: project_admin}}",
-                    *[f"{{name: {client}, type: client, org: fedsm}}" for client in CLIENTS]]
-    builders = ["{path: nvflare.lighter.impl.workspace.WorkspaceBuilder, args: {template_file: [master_template.yml]}}",
-                "{path: nvflare.lighter.impl.static_file.StaticFileBuilder, args: {config_folder: config}}",
-                "{path: nvflare.lighter.impl.cert.CertBuilder}", "{path: nvflare.lighter.impl.signature.SignatureBuilder}"]
-    return "\n".join(["api_version: 3", "name: fedsm_test", "participants:", *[f"  - {p}" for p in participants],
-                      "builders:", *[f"  - {b}" for b in builders]]) + "\n"
-
-
-def marked_processes(token: str) -> list[int]:
-    """This user's processes whose environment holds `MARKER=token`: those the project's start scripts made."""
-    needle = f"\0{MARKER}={token}\0".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and needle in b"\0" + (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:  # gone, or not ours
-            continue
-    return found
-
-
-@pytest.fixture
-def provisioned_project(tmp_path):
-    """`nvflare provision` startup kits of a project on this machine, the server and the clients started with
-    their `startup/start.sh`; yields the environment to run the admin in and the admin's startup kit. Every
-    process the start scripts made carries a marker in its environment and is ended by its process id."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (tmp_path / "project.yml").write_text(project_yaml(port))
-    token = secrets.token_hex(8)
-    env = {**os.environ, "HOME": str(tmp_path / "home"), MARKER: token,
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    subprocess.run([str(Path(sys.executable).with_name("nvflare")), "provision", "-p", "project.yml", "-w", "ws"],
-                   cwd=tmp_path, env=env, check=True, capture_output=True, timeout=300)
-    kits = tmp_path / "ws" / "fedsm_test" / "prod_00"
-    try:
-        for site in (SERVER, *CLIENTS):
-            subprocess.run(["bash", "startup/start.sh"], cwd=kits / site, env=env, check=True,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server_log, deadline = kits / SERVER / "log.txt", time.monotonic() + 180
-        while f"Total clients: {len(CLIENTS)}" not in (server_log.read_text() if server_log.is_file() else ""):
-            assert time.monotonic() < deadline, f"the clients did not all join in 180 s; see {server_log}"
-            time.sleep(2)
-        yield env, kits / ADMIN
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in marked_processes(token):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(3)
-
-
-def test_script_runs_the_recipe_in_prod_env_on_a_provisioned_project(provisioned_project, tiny_data):
-    env, admin_kit = provisioned_project
-    overrides = tiny_overrides(tiny_data, **{"server.num_rounds": 1, "train.torch_threads": 1})
-    result = run_script(["--env", "prod", "--startup-kit", str(admin_kit), "--username", ADMIN,
-                         *as_settings(overrides)], timeout=600, env=env)
-    assert result.returncode == 0, result.stdout[-3000:]
-    finished = re.search(r"finished(?: with status (\S+))?; results in (\S+)", result.stdout)
-    assert finished and finished.group(1) in (None, "FINISHED:COMPLETED"), result.stdout[-3000:]
-    download = Path(finished.group(2)) / "workspace"
-    assert (download / "app_server" / "fedsm_state.pt").is_file()
-    assert sorted(path.name for path in (download / "tb_events").iterdir()) == sorted(CLIENTS)
-    # the download alone holds the test table the sites computed, and the plot script draws the curves
-    tested = json.loads((download / "app_server" / "test_results.json").read_text())
-    assert sorted(tested["sites"]) == sorted(CLIENTS) and tested["pooled"]["images"] > 0
-    png = plot.main(["--workspace", str(download.parent), "--output", str(download.parent / "curves.png")])
-    assert png.read_bytes().startswith(b"\x89PNG")
-    assert "FedSM finished." in (download / "log.txt").read_text()
-    assert "patched NVFlare" not in (download / "log.txt").read_text()  # the simulator guard stays idle

@@ -15,9 +15,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from poc_run import CLIENTS, PocError, PocFederation, make_job  # noqa: E402
+from poc_run import ADMIN, CLIENTS, PocError, PocFederation, make_job  # noqa: E402
 
-__all__ = ["CLIENTS", "PocError", "PocFederation", "REPO", "add_result_filters", "kill",
+__all__ = ["ADMIN", "CLIENTS", "PocError", "PocFederation", "REPO", "add_result_filters", "kill",
            "listening_addresses", "make_job", "run_simulator", "scalars", "site_processes", "tiny_job", "wait_for_job",
            "wait_for_line"]
 

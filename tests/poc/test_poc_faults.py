@@ -1,8 +1,11 @@
-"""Faults of a real federation, in NVFlare POC mode: a client site crashes in the middle of a round,
-the server is killed between rounds. One federation (server + 3 clients) serves the whole module."""
+"""A real federation in NVFlare POC mode: the recipe submitted through ProdEnv with the project admin's
+startup kit (a POC workspace is a provisioned project on one machine), then its faults: a client site
+crashes in the middle of a round, the server is killed between rounds. One federation (server + 3
+clients) serves the whole module."""
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -13,9 +16,11 @@ import torch
 from fedsm.config import TrainConfig
 from fedsm.flare.persistor import initial_model_set
 from fedsm.ops.heap import huge_page_heap_env
-from poc_helpers import (CLIENTS, PocError, PocFederation, kill, listening_addresses, scalars, site_processes, tiny_job,
-                         wait_for_job, wait_for_line)
+from poc_helpers import (ADMIN, CLIENTS, PocError, PocFederation, kill, listening_addresses, scalars, site_processes,
+                         tiny_job, wait_for_job, wait_for_line)
+from recipe_script import as_settings, run_script
 from result_stat import plot_tensorboard_events as plot
+from tiny_runs import tiny_fedsm_overrides
 from result_stat.workspace import TRACKING_FOLDER
 
 pytestmark = pytest.mark.poc
@@ -54,6 +59,25 @@ def test_every_process_of_the_federation_starts_with_the_huge_page_heap(federati
     assert len(tunables) >= 4  # the server and three clients at least
     expected = "GLIBC_TUNABLES=" + huge_page_heap_env({})["GLIBC_TUNABLES"]
     assert all(values == [expected] for values in tunables.values()), tunables
+
+
+def test_the_recipe_runs_in_prod_env_through_the_admins_startup_kit(federation, poc_data):
+    overrides = tiny_fedsm_overrides(poc_data, **{"server.num_rounds": 1, "train.torch_threads": 1})
+    result = run_script(["--env", "prod", "--startup-kit", str(federation.site_dir(ADMIN)), "--username", ADMIN,
+                         *as_settings(overrides)], timeout=600, env=federation.env)
+    assert result.returncode == 0, result.stdout[-3000:]
+    finished = re.search(r"finished(?: with status (\S+))?; results in (\S+)", result.stdout)
+    assert finished and finished.group(1) in (None, "FINISHED:COMPLETED"), result.stdout[-3000:]
+    download = Path(finished.group(2)) / "workspace"
+    assert (download / "app_server" / "fedsm_state.pt").is_file()
+    assert sorted(path.name for path in (download / TRACKING_FOLDER).iterdir()) == sorted(CLIENTS)
+    # the download alone holds the test table the sites computed, and the plot script draws the curves
+    tested = json.loads((download / "app_server" / "test_results.json").read_text())
+    assert sorted(tested["sites"]) == sorted(CLIENTS) and tested["pooled"]["images"] > 0
+    png = plot.main(["--workspace", str(download.parent), "--output", str(download.parent / "curves.png")])
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert "FedSM finished." in (download / "log.txt").read_text()
+    assert "patched NVFlare" not in (download / "log.txt").read_text()  # the simulator guard stays idle
 
 
 def test_client_site_crash_mid_round_the_others_finish_the_run(federation, poc_data, tmp_path):
