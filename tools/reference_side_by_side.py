@@ -13,8 +13,9 @@ instead of 256x256, and its aggregator's division of the weighted sum by a NumPy
 under NumPy 2 turns every averaged array into float64 (twice the memory). Each patch must find the
 text it replaces exactly once, else the run stops naming the file and the patch. This job (`--job`)
 is derived with the same data, rounds, image size and client labels, seeds 0..N-1; the reference
-has no seed setting. Memory, 3 clients with the VGG11 selector at 32x32 on CPU: the reference's
-processes over 20 GiB (its server 12.8 GiB in round 0's aggregation), this job's 11.3 GiB.
+has no seed setting. Memory, 3 clients with the VGG11 selector at 96x96 on CPU (2026-12-06): the
+reference's process tree peaked at 22.3 GiB, this job's at 11.4 GiB; give the reference a box of its
+own with 24 GiB or more.
 
 Both sides run in the NVFlare simulator, one run at a time, reference and this job taking turns. The
 global model validation Dice of every site and round comes from each run's TensorBoard files (both
