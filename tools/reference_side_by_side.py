@@ -20,8 +20,11 @@ own with 24 GiB or more.
 Both sides run in the NVFlare simulator, one run at a time, reference and this job taking turns. The
 global model validation Dice of every site and round comes from each run's TensorBoard files (both
 log `val_metric_global_model`). Written into the work folder after every run, so a comparison stopped
-early keeps what it finished (`--resume` then runs only the rest): `side_by_side.md` (revision, patches,
-timings, the per-round table: mean and min-max over the runs of a side), `side_by_side.csv` and
+early keeps what it finished (`--resume` then runs only the rest; a run that ended, finished or failed,
+is kept: delete its `run.json` to run it again). A run that fails, as the reference may when it runs
+out of memory, is reported with the rounds it logged and the others go on; the exit code is then 1.
+`side_by_side.md` (revision, patches, timings, the per-round table: mean and min-max over the runs of
+a side), `side_by_side.csv` and
 `learning_speed_vs_reference.png`. Round times are read from each simulator log ("Round N ...
 started" to "Round N finished", the server's lines on both sides).
 """
@@ -213,6 +216,7 @@ class Run:
     wall_s: float = 0.0
     peak_rss: int = 0
     rounds_s: dict[int, float] = dataclasses.field(default_factory=dict)
+    failure: str = ""  # why the run ended before its last round ("" when it finished)
 
     @property
     def record(self) -> Path:
@@ -220,19 +224,23 @@ class Run:
 
     def save_record(self) -> None:
         write_text_atomic(self.record, json.dumps({"command": self.command, "wall_s": self.wall_s,
-                                                   "peak_rss": self.peak_rss, "rounds_s": self.rounds_s}, indent=2))
+                                                   "peak_rss": self.peak_rss, "rounds_s": self.rounds_s,
+                                                   "failure": self.failure}, indent=2))
 
     def load_record(self, rounds: int) -> bool:
-        """Take wall time, memory and round times from the record of an earlier run of the same command
-        that finished all `rounds`; False (nothing taken) when there is no such record."""
+        """Take wall time, memory, round times and failure from the record of an earlier run of the same
+        command that ended: finished all `rounds`, or failed (delete its record to run it again); False
+        (nothing taken) when there is no such record."""
         try:
             record = json.loads(self.record.read_text())
         except (OSError, json.JSONDecodeError):
             return False
         rounds_s = {int(number): float(seconds) for number, seconds in record.get("rounds_s", {}).items()}
-        if record.get("command") != self.command or len(rounds_s) != rounds:
+        failure = record.get("failure", "")
+        if record.get("command") != self.command or not (failure or len(rounds_s) == rounds):
             return False
         self.wall_s, self.peak_rss, self.rounds_s = float(record["wall_s"]), int(record["peak_rss"]), rounds_s
+        self.failure = failure
         return True
 
 
@@ -249,8 +257,8 @@ def report_progress(run: Run, rounds: int, started: float, stop: threading.Event
 
 
 def simulate(run: Run, rounds: int) -> None:
-    """Run `run.command`, recording its wall time, peak memory and round times; raise naming the log when
-    it fails."""
+    """Run `run.command`, recording its wall time, peak memory, round times and, when it ends before its
+    last round (the reference can run out of memory), why: the comparison goes on with the other runs."""
     print(f"[side-by-side] {run.label}: {' '.join(run.command)} (log {run.log})", flush=True)
     if run.workspace.exists():
         shutil.rmtree(run.workspace)
@@ -268,9 +276,12 @@ def simulate(run: Run, rounds: int) -> None:
     run.wall_s = time.monotonic() - started
     run.rounds_s = round_seconds(run.log.read_text(errors="replace"))
     if code != 0 or len(run.rounds_s) != rounds:
-        raise RuntimeError(f"{run.label}: simulator exit code {code}, {len(run.rounds_s)} of {rounds} rounds "
-                           f"finished, its processes peaked at {run.peak_rss / GIB:.1f} GiB of the machine's "
-                           f"{psutil.virtual_memory().total / GIB:.1f} GiB; see {run.log}")
+        run.failure = (f"simulator exit code {code}, {len(run.rounds_s)} of {rounds} rounds finished, its processes "
+                       f"peaked at {run.peak_rss / GIB:.1f} GiB of the machine's "
+                       f"{psutil.virtual_memory().total / GIB:.1f} GiB; see {run.log}")
+        run.save_record()
+        print(f"[side-by-side] {run.label} FAILED: {run.failure}", flush=True)
+        return
     run.save_record()
     print(f"[side-by-side] {run.label}: done in {run.wall_s:.0f} s (median round "
           f"{statistics.median(run.rounds_s.values()):.0f} s)", flush=True)
@@ -278,14 +289,15 @@ def simulate(run: Run, rounds: int) -> None:
 
 def read_dice(run: Run, clients: Sequence[str], rounds: int) -> dict[str, dict[int, float]]:
     """`{client: {round: Dice}}` of the global model from the run's TensorBoard files; raise naming the run
-    when a client lacks one of the rounds 0..rounds-1."""
+    when a client lacks one of the rounds 0..rounds-1 of a run that finished (a failed run gives what it
+    logged)."""
     curves = read_workspace(run.workspace, [DICE_TAG])[1]
     dice = {}
     for client in clients:
         steps, values = curves.get(client, {}).get(DICE_TAG, ((), ()))
         dice[client] = {int(step): float(value) for step, value in zip(steps, values)}
         missing = sorted(set(range(rounds)) - set(dice[client]))
-        if missing:
+        if missing and not run.failure:
             raise RuntimeError(f"{run.label}: no {DICE_TAG} of {client} for rounds {missing} under {run.workspace}")
     return dice
 
@@ -304,12 +316,13 @@ class Row:
 
 
 def dice_rows(dice_by_side: dict[str, list[dict[str, dict[int, float]]]]) -> list[Row]:
-    """Mean, minimum and maximum over each side's runs of every (round, client) that all its runs logged."""
+    """Mean, minimum and maximum over each side's runs of every (round, client), over the runs that logged
+    it (a failed run stops early)."""
     rows = []
     for side, runs in dice_by_side.items():
         for client in runs[0] if runs else ():
-            for number in sorted(set.intersection(*(set(run[client]) for run in runs))):
-                values = [run[client][number] for run in runs]
+            for number in sorted(set.union(*(set(run[client]) for run in runs))):
+                values = [run[client][number] for run in runs if number in run[client]]
                 rows.append(Row(number, client, side, len(values), statistics.fmean(values), min(values), max(values)))
     return sorted(rows, key=lambda row: (row.round, row.client, row.side))
 
@@ -325,8 +338,9 @@ def rows_csv(rows: Sequence[Row]) -> str:
 
 def rows_markdown(rows: Sequence[Row], clients: Sequence[str], sides: Sequence[str]) -> str:
     """One line per round, one column per client and side: the mean, with the min-max over runs when a
-    side has several; '-' where a side logged no value."""
+    side has several, and how many of them logged the round when not all did; '-' where none did."""
     cells = {(row.round, row.client, row.side): row for row in rows}
+    side_runs = {side: max((row.runs for row in rows if row.side == side), default=0) for side in sides}
     header = ["round", *(f"{client} {side}" for client in clients for side in sides)]
     lines = ["| " + " | ".join(header) + " |", "|---:|" + "---|" * (len(header) - 1)]
     for number in sorted({row.round for row in rows}):
@@ -337,18 +351,21 @@ def rows_markdown(rows: Sequence[Row], clients: Sequence[str], sides: Sequence[s
                 text = "-" if row is None else f"{row.mean:.3f}"
                 if row is not None and row.runs > 1:
                     text += f" ({row.low:.3f}-{row.high:.3f})"
+                if row is not None and row.runs < side_runs[side]:
+                    text += f" [{row.runs} of {side_runs[side]} runs]"
                 values.append(text)
         lines.append(f"| {number} | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
 def timing_markdown(runs: Sequence[Run]) -> str:
-    lines = ["| run | wall s | round s, median (min-max) | peak RSS of the process tree, GiB |",
-             "|---|---:|---|---:|"]
+    lines = ["| run | wall s | round s, median (min-max) | peak RSS of the process tree, GiB | ended |",
+             "|---|---:|---|---:|---|"]
     for run in runs:
         seconds = list(run.rounds_s.values())
-        lines.append(f"| {run.label} | {run.wall_s:.0f} | {statistics.median(seconds):.1f} ({min(seconds):.1f}-"
-                     f"{max(seconds):.1f}) | {run.peak_rss / GIB:.1f} |")
+        times = f"{statistics.median(seconds):.1f} ({min(seconds):.1f}-{max(seconds):.1f})" if seconds else "-"
+        lines.append(f"| {run.label} | {run.wall_s:.0f} | {times} | {run.peak_rss / GIB:.1f} | "
+                     f"{'FAILED: ' + run.failure if run.failure else 'finished'} |")
     return "\n".join(lines)
 
 
@@ -470,6 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = write_outputs(workdir, runs[:finished], clients, args.rounds, context, patches)
         print(f"[side-by-side] {finished} of {len(runs)} runs in {workdir / REPORT}", flush=True)
     print(report)
+    failed = [run.label for run in runs if run.failure]
+    if failed:
+        print(f"[side-by-side] failed: {', '.join(failed)} (their logged rounds are in the table)", flush=True)
+        return 1
     print(f"[side-by-side] wrote {workdir / REPORT}, {workdir / TABLE_CSV}, {workdir / FIGURE}", flush=True)
     return 0
 

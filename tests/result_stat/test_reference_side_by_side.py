@@ -146,3 +146,15 @@ def test_resume_keeps_a_finished_run_of_the_same_command_only(tool, tmp_path):
     assert not run(["nvflare", "simulator", "job"]).load_record(rounds=3)  # it finished fewer rounds than asked
     (tmp_path / "simulator.log").with_name("run.json").write_text("{")
     assert not run(["nvflare", "simulator", "job"]).load_record(rounds=2)
+
+
+def test_a_run_that_failed_early_counts_where_it_logged_and_is_kept_on_resume(tool, tmp_path):
+    rows = tool.dice_rows({"reference": [{"client_A": {0: 0.1, 1: 0.5}}, {"client_A": {0: 0.3}}], "this job": []})
+    table = tool.rows_markdown(rows, ["client_A"], ["reference", "this job"]).splitlines()
+    assert table[2:] == ["| 0 | 0.200 (0.100-0.300) | - |", "| 1 | 0.500 [1 of 2 runs] | - |"]
+    failed = tool.Run("reference", "reference run 2", tmp_path / "ws", tmp_path / "simulator.log", ["nvflare"],
+                      wall_s=9.0, peak_rss=2**30, rounds_s={0: 9.0}, failure="simulator exit code 247")
+    failed.save_record()
+    kept = tool.Run("reference", "reference run 2", tmp_path / "ws", tmp_path / "simulator.log", ["nvflare"])
+    assert kept.load_record(rounds=10) and kept.failure == "simulator exit code 247"
+    assert "FAILED: simulator exit code 247" in tool.timing_markdown([kept])
