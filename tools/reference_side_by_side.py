@@ -279,10 +279,10 @@ def simulate(run: Run, rounds: int) -> None:
         run.failure = (f"simulator exit code {code}, {len(run.rounds_s)} of {rounds} rounds finished, its processes "
                        f"peaked at {run.peak_rss / GIB:.1f} GiB of the machine's "
                        f"{psutil.virtual_memory().total / GIB:.1f} GiB; see {run.log}")
-        run.save_record()
+    run.save_record()
+    if run.failure:
         print(f"[side-by-side] {run.label} FAILED: {run.failure}", flush=True)
         return
-    run.save_record()
     print(f"[side-by-side] {run.label}: done in {run.wall_s:.0f} s (median round "
           f"{statistics.median(run.rounds_s.values()):.0f} s)", flush=True)
 
@@ -398,8 +398,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, required=True, help="folder for the jobs, workspaces, logs and report")
     parser.add_argument("--job", type=Path, default=REPO / "jobs" / "fedsm_prostate", help="this project's job folder")
     parser.add_argument("--resume", action="store_true",
-                        help=f"keep the runs of an earlier call into the same --workdir that finished (their "
-                             f"{RUN_RECORD} names the same command); run only the others")
+                        help=f"keep the runs of an earlier call into the same --workdir that ended, finished or "
+                             f"failed (their {RUN_RECORD} names the same command); run only the others")
     args = parser.parse_args(argv)
     for name in ("rounds", "image_size", "runs"):
         if getattr(args, name) < 1:
